@@ -1,0 +1,3 @@
+from fusion_runner import cli
+
+raise SystemExit(cli.main())

@@ -1,0 +1,234 @@
+"""Configuration: flag > environment > TOML file > default; one ConfigError per bad key.
+
+Every value a source gives is checked where it is read, so the error names the key and
+the source it came from (``from FUSION_RUNNER_X``, ``from --x``, ``from FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import socket
+import tomllib
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fusion_runner.errors import ConfigError
+
+DEFAULT_SIM_COMMAND: tuple[str, ...] = (
+    "{python}", "-m", "fusion_runner.refsim", "--config", "{config}",
+    "--progress-file", "{progress}", "--output-dir", "{output_dir}",
+)  # fmt: skip
+ENV_PREFIX = "FUSION_RUNNER_"
+
+SHUTDOWN_MODES = ("detach", "terminate")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SQLITE = "sqlite:///"
+_POSTGRES = "postgresql://"
+_PSYCOPG = "postgresql+psycopg://"
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = "sqlite:///data/gui_runs/runs.db"
+    runs_dir: Path = Path("data/gui_runs")
+    sim_command: tuple[str, ...] = DEFAULT_SIM_COMMAND
+    max_concurrent_runs: int = 1
+    stop_grace_seconds: float = 10.0
+    poll_interval_seconds: float = 1.0
+    on_shutdown: str = "detach"  # "detach" | "terminate"
+    log_level: str = "INFO"
+    worker_id: str = field(default_factory=socket.gethostname)
+
+
+KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
+_KNOWN = ", ".join(KEYS)
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """The URL for SQLAlchemy: plain ``postgresql://`` means psycopg 3."""
+    if database_url.startswith(_POSTGRES):
+        return _PSYCOPG + database_url.removeprefix(_POSTGRES)
+    return database_url
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (relative stays relative), else None."""
+    if not database_url.startswith(_SQLITE):
+        return None
+    path = database_url.removeprefix(_SQLITE).partition("?")[0]
+    return Path(path) if path else None
+
+
+def _is_worker_id(value: str) -> bool:
+    return value != "" and all(ch.isprintable() and not ch.isspace() for ch in value)
+
+
+@dataclass(frozen=True)
+class _Key:
+    kind: str  # how a source spells it: "str" | "int" | "float" | "argv"
+    requirement: str  # completes "KEY: ..." when the value is wrong
+    valid: Callable[[Any], bool]
+    normalize: Callable[[Any], Any] = lambda value: value
+    help: str = ""
+
+
+_KEYS: dict[str, _Key] = {
+    "database_url": _Key(
+        "str", f"must be {_SQLITE}PATH, {_POSTGRES}... or {_PSYCOPG}...",
+        lambda v: sqlite_path(v) is not None or v.startswith((_POSTGRES, _PSYCOPG)),
+        help="sqlite:///PATH or postgresql://... (psycopg 3)"),
+    "runs_dir": _Key(
+        "str", "must be a non-empty path", lambda v: os.fspath(v) != "", Path,
+        help="directory holding one folder per run"),
+    "sim_command": _Key(
+        "argv", "must be a non-empty list of non-empty strings", lambda v: bool(v) and all(v),
+        help="simulation argv template, one shell-style string (never run by a shell)"),
+    "max_concurrent_runs": _Key(
+        "int", "must be an integer >= 1", lambda v: v >= 1,
+        help="runs executing at once"),
+    "stop_grace_seconds": _Key(
+        "float", "must be a finite number >= 0", lambda v: math.isfinite(v) and v >= 0,
+        help="seconds between SIGTERM and SIGKILL when stopping a run"),
+    "poll_interval_seconds": _Key(
+        "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
+        help="fallback poll interval in seconds"),
+    "on_shutdown": _Key(
+        "str", "must be 'detach' or 'terminate'", lambda v: v in SHUTDOWN_MODES,
+        help="what happens to running simulations when the daemon stops: detach or terminate"),
+    "log_level": _Key(
+        "str", f"must be one of {', '.join(LOG_LEVELS)}", lambda v: v.upper() in LOG_LEVELS,
+        str.upper, help="DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    "worker_id": _Key(
+        "str", "must be non-empty, without whitespace or control characters", _is_worker_id,
+        help="this daemon's name on the database"),
+}  # fmt: skip
+
+
+def _from_toml(spec: _Key, value: object) -> object:
+    """The value in canonical type, or ValueError: TOML values must have the right type."""
+    if spec.kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if spec.kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if spec.kind == "argv" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if spec.kind == "str" and isinstance(value, str):
+        return value
+    raise ValueError(spec.requirement)
+
+
+def _from_text(spec: _Key, text: str) -> object:
+    """The value of a string from the environment or a flag, or ValueError."""
+    try:
+        if spec.kind == "int":
+            return int(text)
+        if spec.kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(spec.requirement) from None
+    if spec.kind == "argv":
+        try:
+            return tuple(shlex.split(text))
+        except ValueError as exc:
+            raise ValueError(f"must be a shell-style command line ({exc})") from None
+    return text
+
+
+def _value(key: str, raw: object, source: str, convert: Callable[[_Key, Any], object]) -> Any:
+    """Convert and validate one value; the ConfigError names the key and its source."""
+    spec = _KEYS[key]
+    try:
+        value = convert(spec, raw)
+        if not spec.valid(value):
+            raise ValueError(spec.requirement)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}, got {raw!r} ({source})") from None
+    return spec.normalize(value)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _flag_layer(flags: Mapping[str, str]) -> dict[str, Any]:
+    layer = {}
+    for key, text in flags.items():
+        if key not in _KEYS:
+            raise ConfigError(f"{key}: unknown configuration key (known: {_KNOWN})")
+        layer[key] = _value(key, text, f"from {_flag(key)}", _from_text)
+    return layer
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer = {}
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = var.removeprefix(ENV_PREFIX).lower()
+        if key not in _KEYS or var != ENV_PREFIX + key.upper():
+            known = ", ".join(ENV_PREFIX + k.upper() for k in KEYS)
+            raise ConfigError(f"{var}: unknown environment variable (known: {known})")
+        layer[key] = _value(key, text, f"from {var}", _from_text)
+    return layer
+
+
+def _read_toml(name: str) -> dict[str, Any]:
+    try:
+        with open(name, "rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {name}: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {name} is not valid TOML: {exc}") from exc
+
+
+def _file_layer(config_file: str | os.PathLike[str]) -> dict[str, Any]:
+    name = os.fspath(config_file)
+    layer = {}
+    for key, raw in _read_toml(name).items():
+        if key not in _KEYS:
+            raise ConfigError(f"{key}: unknown key in config file {name} (known: {_KNOWN})")
+        layer[key] = _value(key, raw, f"from {name}", _from_toml)
+    return layer
+
+
+def load(
+    flags: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Config:
+    """The configuration from flags > environment (default os.environ) > file > defaults."""
+    env = _env_layer(os.environ if environ is None else environ)
+    file = {} if config_file is None else _file_layer(config_file)
+    return Config(**ChainMap(_flag_layer(flags or {}), env, file))
+
+
+def _default_text(key: str) -> str:
+    if key == "worker_id":
+        return "the host name"
+    default = getattr(Config, key)
+    return shlex.join(default) if key == "sim_command" else str(default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --config FILE and one flag per key; an unset flag stays None."""
+    parser.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    for key in KEYS:
+        env = ENV_PREFIX + key.upper()
+        text = f"{_KEYS[key].help} (env {env}; default: {_default_text(key)})"
+        parser.add_argument(
+            _flag(key), dest=key, metavar=key.upper(), default=None,
+            help=text.replace("%", "%%"),
+        )  # fmt: skip
+
+
+def from_args(namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """load() with the flags set in namespace and namespace.config."""
+    flags = {key: value for key in KEYS if (value := getattr(namespace, key, None)) is not None}
+    return load(flags, environ, getattr(namespace, "config", None))

@@ -1,0 +1,26 @@
+"""The exceptions fusion-runner raises; each docstring is its default message."""
+
+from __future__ import annotations
+
+
+class FusionRunnerError(Exception):
+    """fusion-runner failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(FusionRunnerError):
+    """The configuration is invalid."""
+
+
+class SchemaError(FusionRunnerError):
+    """The database's `runs` table does not match the contract."""
+
+
+class InvalidRun(FusionRunnerError):
+    """The run's row cannot be run as it stands."""
+
+
+class UnknownRun(FusionRunnerError):
+    """No run has that id."""

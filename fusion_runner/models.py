@@ -1,0 +1,71 @@
+"""The `runs` table exactly as the FUSION GUI defines it, and the daemon's own table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import DateTime, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class RunStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """A simulation run; clients insert and cancel, the daemon does the rest (SPEC §1)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, index=True)
+    config_json: Mapped[str] = mapped_column(Text, nullable=False)
+    template: Mapped[str] = mapped_column(String(100), nullable=False)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    current_erlang: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_erlangs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    current_iteration: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_iterations: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RunClaim(Base):
+    """Which daemon claimed a run and the identity of the process it spawned for it.
+
+    A client never reads this table. The process start time makes a reused pid
+    distinguishable from the run's own process after a restart.
+    """
+
+    __tablename__ = "fusion_runner_claims"
+
+    run_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    process_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+RUNS_COLUMNS: tuple[str, ...] = tuple(column.name for column in Run.__table__.columns)

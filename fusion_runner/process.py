@@ -1,0 +1,158 @@
+"""Where a run executes: spawn its shim, know its processes, stop them.
+
+This is the seam for other executors: the supervisor only calls `spawn`,
+`signal_tree`, `tree_gone`, `reap` and `reap_orphans`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fusion_runner import shim
+from fusion_runner.rundir import RunPaths
+
+SHIM_PATH = str(Path(shim.__file__).resolve())
+# Python ignores these; a child must start with the default action.
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A process as it was when we saw it: a pid alone may be reused."""
+
+    pid: int
+    start_time: float
+
+    def is_alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            return (
+                process.create_time() == self.start_time
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+
+@dataclass
+class RunProcess:
+    """The shim of one run (session and group leader) and what we learnt of its tree."""
+
+    shim: Identity
+    pgid: int
+    descendants: set[Identity] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.shim.pid
+
+
+def set_child_subreaper() -> bool:
+    """Make orphans of our runs our children, so that we can reap them at once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(shim.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def spawn(paths: RunPaths, argv: list[str], env: dict[str, str], grace: float) -> RunProcess:
+    """Start the run's shim in a new session; raises OSError if it cannot start."""
+    shim_argv = [
+        sys.executable, "-I", "-S", SHIM_PATH,
+        "--run-dir", str(paths.run_dir),
+        "--record", str(paths.exit_record),
+        "--grace", repr(grace),
+        "--", *argv,
+    ]
+    log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    file_actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(paths.log_file), log_flags, 0o640),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    pid = os.posix_spawn(
+        sys.executable, shim_argv, env,
+        file_actions=file_actions, setsid=True, setsigdef=_RESTORED_SIGNALS,
+    )
+    # An unreaped child's pid cannot be reused, so this read is race-free.
+    start_time = psutil.Process(pid).create_time()
+    return RunProcess(shim=Identity(pid, start_time), pgid=pid)
+
+
+def _collect_descendants(run: RunProcess) -> None:
+    if not run.shim.is_alive():
+        return
+    try:
+        for child in psutil.Process(run.pid).children(recursive=True):
+            run.descendants.add(Identity(child.pid, child.create_time()))
+    except psutil.Error:
+        pass
+
+
+def _send(pid: int, signum: int, *, group: bool) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        pass
+
+
+def signal_tree(run: RunProcess, signum: int) -> None:
+    """Signal the run's group, then every descendant that left it (setsid, double fork)."""
+    _send(run.pgid, signum, group=True)
+    _collect_descendants(run)
+    for process in list(run.descendants):
+        if process.is_alive():
+            _send(process.pid, signum, group=False)
+        else:
+            run.descendants.discard(process)
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg succeeds while zombies remain; only a live member counts.
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
+def tree_gone(run: RunProcess) -> bool:
+    """True when no process of the run is left that is not a zombie."""
+    if run.shim.is_alive() or _group_has_live_member(run.pgid):
+        return False
+    return not any(process.is_alive() for process in run.descendants)
+
+
+def reap(shim_pids: list[int], *, any_child: bool) -> dict[int, int]:
+    """Wait statuses of exited children, by pid, without blocking.
+
+    With `any_child` every exited child is reaped, orphans re-parented to us as
+    a subreaper included, in one sweep: reaping shims and orphans separately
+    could reap a shim in the orphan sweep and lose its status.
+    """
+    statuses: dict[int, int] = {}
+    for pid in [-1] if any_child else shim_pids:
+        while True:
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if reaped == 0:
+                break
+            statuses[reaped] = status
+    return statuses

@@ -1,0 +1,280 @@
+"""The run directory: ids, config_json, the layout, config.ini, argv and environment (SPEC §3-4)."""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusion_runner.errors import InvalidRun
+
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+
+DIR_MODE = 0o750
+CONFIG_MODE = 0o640
+MAX_VALUE_DEPTH = 64
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_INI_SYNTAX = re.compile(r"[\[\]=:]")
+_PLACEHOLDER = re.compile(r"\{(python|run_id|run_dir|config|progress|output_dir|log)\}")
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def validate_run_id(run_id: object) -> str:
+    if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id):
+        return run_id
+    raise InvalidRun(f"invalid run id {_quote(run_id)}: must be 12 lowercase hex characters")
+
+
+# --- config_json -> config.ini ---------------------------------------------------------------
+
+
+def parse_config_json(text: object) -> dict[str, dict[str, object]]:
+    """The sections of a run's config_json, or InvalidRun saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise InvalidRun(f"config_json is not text but {type(text).__name__}")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, int digit limit, depth
+        raise InvalidRun(f"config_json is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidRun(f"config_json must be a JSON object of sections, not {_json_type(data)}")
+    for section, options in data.items():
+        _check_section(section, options)
+    return data
+
+
+def _check_section(section: str, options: object) -> None:
+    if problem := _name_problem(section, is_key=False):
+        raise InvalidRun(f"config_json: section name {_quote(section)} {problem}")
+    if not isinstance(options, dict):
+        raise InvalidRun(
+            f"config_json: section {_quote(section)} is not an object but {_json_type(options)}"
+        )
+    for key, value in options.items():
+        if problem := _name_problem(key, is_key=True):
+            raise InvalidRun(
+                f"config_json: key name {_quote(key)} in section {_quote(section)} {problem}"
+            )
+        _check_value(_shorten(f"{section}.{key}"), value)
+
+
+def _name_problem(name: str, *, is_key: bool) -> str | None:
+    if not name:
+        return "is empty"
+    if problem := _text_problem(name):
+        return problem
+    if found := _INI_SYNTAX.search(name):
+        return f"contains {found.group()!r}"
+    # configparser strips a key, reads an indented line as a continuation of the
+    # previous value and a line starting with # or ; as a comment.
+    if is_key and name != name.strip():
+        return "has leading or trailing whitespace"
+    if is_key and name[0] in "#;":
+        return f"starts with {name[0]!r}, which INI reads as a comment"
+    return None
+
+
+def _check_value(where: str, value: object) -> None:
+    """Every string in value, object keys included, at any depth (iteratively: no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise InvalidRun(
+                f"config_json: value of {where} is nested more than {MAX_VALUE_DEPTH} levels deep"
+            )
+        texts: list[object] = [item]
+        if isinstance(item, list):
+            pending.extend((element, depth + 1) for element in item)
+        elif isinstance(item, dict):
+            texts = list(item)
+            pending.extend((element, depth + 1) for element in item.values())
+        for text in texts:
+            if isinstance(text, str) and (problem := _text_problem(text)):
+                raise InvalidRun(f"config_json: value of {where} {problem}")
+
+
+def _text_problem(text: str) -> str | None:
+    if found := _CONTROL.search(text):
+        return f"contains a control character ({found.group()!r})"
+    if found := _SURROGATE.search(text):
+        return f"contains an unpaired surrogate ({found.group()!r})"
+    return None
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _quote(value: object) -> str:
+    return _shorten(repr(value))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _KeyCaseParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+def render_ini(config: Mapping[str, Mapping[str, object]]) -> str:
+    parser = _KeyCaseParser(interpolation=None)
+    parser.read_dict(
+        {
+            section: {key: _ini_value(value) for key, value in options.items()}
+            for section, options in config.items()
+        }
+    )
+    text = io.StringIO()
+    parser.write(text)
+    return text.getvalue()
+
+
+def _ini_value(value: object) -> str:
+    """One config value as FUSION's INI files write it."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, bool | int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+# --- the directory ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run_id: str
+    run_dir: Path
+    config_file: Path
+    log_file: Path
+    progress_file: Path
+    output_dir: Path
+    exit_record: Path
+
+    @classmethod
+    def under(cls, runs_dir: Path, run_id: str) -> RunPaths:
+        run_dir = runs_dir.resolve() / validate_run_id(run_id)
+        return cls(
+            run_id=run_id,
+            run_dir=run_dir,
+            config_file=run_dir / "config.ini",
+            log_file=run_dir / "logs" / "sim.log",
+            progress_file=run_dir / "progress.jsonl",
+            output_dir=run_dir / "output",
+            exit_record=run_dir / "exit.json",
+        )
+
+
+def prepare(runs_dir: Path, run_id: str, config_json: str) -> RunPaths:
+    """Lay out the run directory; InvalidRun, before anything is written, for a bad row.
+
+    Everything inside run_dir is made through a descriptor of run_dir opened
+    without following symlinks, so nothing is ever written outside runs_dir.
+    Other OSErrors (permissions, a full disk) propagate.
+    """
+    paths = RunPaths.under(runs_dir, run_id)
+    ini = render_ini(parse_config_json(config_json))
+    paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    runs_fd = os.open(paths.run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        run_fd = _private_dir(runs_fd, paths.run_dir)
+    finally:
+        os.close(runs_fd)
+    try:
+        for path in (paths.log_file.parent, paths.output_dir):
+            os.close(_private_dir(run_fd, path))
+        _write_once(run_fd, paths.config_file.name, ini)
+    finally:
+        os.close(run_fd)
+    return paths
+
+
+def _private_dir(parent_fd: int, path: Path) -> int:
+    """Make or reuse directory path (in parent_fd) with mode 0750 exactly; its descriptor."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path.name, DIR_MODE, dir_fd=parent_fd)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path.name, flags, dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise InvalidRun(f"{path} is a symlink or not a directory") from None
+        raise
+    try:
+        os.fchmod(fd, DIR_MODE)  # mkdir's mode was masked by the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_once(dir_fd: int, name: str, text: str) -> None:
+    """Write name atomically (temp file + os.replace), unless it exists already."""
+    with contextlib.suppress(FileNotFoundError):
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    temporary = f".{name}.{secrets.token_hex(4)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with open(
+            os.open(temporary, flags, CONFIG_MODE, dir_fd=dir_fd), "w", encoding="utf-8"
+        ) as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def expand_command(template: Sequence[str], paths: RunPaths, python: str) -> list[str]:
+    """The argv: each placeholder replaced inside any token, in one pass, other braces kept."""
+    if isinstance(template, str):
+        raise TypeError("the command template is a list of arguments, not a string")
+    values = {
+        "python": python,
+        "run_id": paths.run_id,
+        "run_dir": str(paths.run_dir),
+        "config": str(paths.config_file),
+        "progress": str(paths.progress_file),
+        "output_dir": str(paths.output_dir),
+        "log": str(paths.log_file),
+    }
+    return [_PLACEHOLDER.sub(lambda found: values[found.group(1)], token) for token in template]
+
+
+def environment(paths: RunPaths, base: Mapping[str, str]) -> dict[str, str]:
+    return {
+        **base,
+        "FUSION_RUN_ID": paths.run_id,
+        "FUSION_RUN_DIR": str(paths.run_dir),
+        "FUSION_CONFIG_FILE": str(paths.config_file),
+        "FUSION_PROGRESS_FILE": str(paths.progress_file),
+        "FUSION_OUTPUT_DIR": str(paths.output_dir),
+    }

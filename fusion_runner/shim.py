@@ -1,0 +1,151 @@
+"""Per-run group leader: starts the simulation, outlives it, records how it ended.
+
+The daemon starts this file as ``python -I -S shim.py ...`` in a new session,
+so it imports the standard library only. Because the shim, not the daemon,
+waits for the simulation, the exit status survives a daemon restart: it is
+written to the exit record that a later daemon reads. Because the shim is a
+child subreaper, a descendant that double-forks or calls ``setsid()`` is
+re-parented here rather than to init, so the shim can still stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+PR_SET_CHILD_SUBREAPER = 36
+SPAWN_FAILED_EXIT = 127
+# Python ignores SIGPIPE and SIGXFSZ; the simulation must start with defaults.
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fusion-runner-shim")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--record", required=True)
+    parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("command", nargs="+")
+    return parser.parse_args(argv)
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("fusion-runner shim: cannot become a child subreaper", file=sys.stderr)
+
+
+def ignore_stop_signals() -> None:
+    # The daemon signals the whole group, simulation included: the shim stays
+    # to reap what is left and write the record. A Python-level handler (not
+    # SIG_IGN) so that the simulation does not inherit an ignored signal.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: None)
+
+
+def spawn(command: Sequence[str]) -> int:
+    return os.posix_spawnp(command[0], list(command), dict(os.environ), setsigdef=DEFAULT_SIGNALS)
+
+
+def wait_for(sim_pid: int) -> int:
+    """Reap children (orphans included) until the simulation itself ends."""
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == sim_pid:
+            return status
+
+
+def children() -> list[int]:
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as listing:
+                pids.extend(int(pid) for pid in listing.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def reap_any() -> bool:
+    """Reap exited children; False once no child is left."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+    except ChildProcessError:
+        return False
+    return True
+
+
+def signal_leftovers(signum: int) -> None:
+    # Group members at any depth get it through the group; a descendant in
+    # another session is reached once its parent is gone and it is ours.
+    if signum != signal.SIGKILL:
+        with contextlib.suppress(OSError):
+            os.killpg(0, signum)
+    for pid in children():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+
+def stop_leftovers(grace: float) -> None:
+    """TERM what the simulation left behind, KILL it after the grace period."""
+    if not reap_any():
+        return
+    signal_leftovers(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    pause = 0.001
+    while reap_any():
+        if time.monotonic() >= deadline:
+            signal_leftovers(signal.SIGKILL)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def write_record(path: str, fields: dict[str, object]) -> None:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fields["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
+    fields["max_rss_kib"] = usage.ru_maxrss
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as record:
+        json.dump(fields, record)
+        record.flush()
+        os.fsync(record.fileno())
+    os.replace(temporary, path)
+
+
+def record_of(status: int) -> tuple[dict[str, object], int]:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return {"exit_code": None, "signal": signum, "spawn_error": None}, 128 + signum
+    code = os.waitstatus_to_exitcode(status)
+    return {"exit_code": code, "signal": None, "spawn_error": None}, code
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    os.closerange(3, 1 << 16)
+    os.chdir(args.run_dir)
+    become_subreaper()
+    ignore_stop_signals()
+    try:
+        sim_pid = spawn(args.command)
+    except OSError as error:
+        print(f"fusion-runner: cannot start {args.command[0]!r}: {error}", file=sys.stderr)
+        fields: dict[str, object] = {"exit_code": None, "signal": None, "spawn_error": str(error)}
+        write_record(args.record, fields)
+        return SPAWN_FAILED_EXIT
+    fields, exit_code = record_of(wait_for(sim_pid))
+    stop_leftovers(args.grace)
+    write_record(args.record, fields)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,228 @@
+"""Every SQL statement fusion-runner runs, one verb per method.
+
+Each write is a short transaction; every change the daemon makes to `runs` is
+conditional on the status it expects, and reports whether it won, so a
+client's concurrent change is never overwritten. Hot paths use SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from fusion_runner import config as config_module
+from fusion_runner.errors import ConfigError, SchemaError
+from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunStatus
+
+runs = cast(Table, Run.__table__)
+claims = cast(Table, RunClaim.__table__)
+# How many of the oldest PENDING rows one claim attempt considers; another
+# daemon may win some of them.
+CLAIM_CANDIDATES = 8
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as the `runs` table stores timestamps."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    id: str
+    config_json: str
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    # Safe with WAL: a power cut may lose the last commits, never corrupt.
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for a `database_url` of SPEC §8; SQLite gets WAL and a busy timeout."""
+    sqlite_file = config_module.sqlite_path(database_url)
+    if sqlite_file is not None:
+        try:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            folder = sqlite_file.parent
+            raise ConfigError(f"database_url: cannot create {folder}: {error}") from None
+        engine = create_engine(f"sqlite:///{sqlite_file}")
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    return create_engine(config_module.sqlalchemy_url(database_url), pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, database_url: str) -> Store:
+        store = cls(make_engine(database_url))
+        store.ensure_schema()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ensure_schema(self) -> None:
+        """Create missing tables; refuse a `runs` table that lacks a column."""
+        try:
+            inspector = inspect(self.engine)
+            if inspector.has_table("runs"):
+                present = {column["name"] for column in inspector.get_columns("runs")}
+                missing = [name for name in RUNS_COLUMNS if name not in present]
+                if missing:
+                    raise SchemaError(f"the runs table lacks column {missing[0]!r}")
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as error:
+            raise ConfigError(f"database_url: cannot open the database: {error}") from None
+
+    # --- the daemon's verbs -------------------------------------------------
+
+    def claim_next(self, worker_id: str) -> ClaimedRun | None:
+        """PENDING -> RUNNING for the oldest run another daemon has not won."""
+        with self.engine.connect() as conn:
+            candidates = conn.execute(
+                select(runs.c.id, runs.c.config_json)
+                .where(runs.c.status == RunStatus.PENDING)
+                .order_by(runs.c.created_at, runs.c.id)
+                .limit(CLAIM_CANDIDATES)
+            ).all()
+        for candidate in candidates:
+            if self._try_claim(candidate.id, worker_id):
+                return ClaimedRun(candidate.id, candidate.config_json)
+        return None
+
+    def _try_claim(self, run_id: str, worker_id: str) -> bool:
+        with self.engine.begin() as conn:
+            # PENDING -> RUNNING
+            won = _conditional_update(conn, run_id, RunStatus.PENDING, status=RunStatus.RUNNING)
+            if won:
+                conn.execute(delete(claims).where(claims.c.run_id == run_id))
+                conn.execute(
+                    insert(claims).values(run_id=run_id, worker_id=worker_id, claimed_at=utcnow())
+                )
+            return won
+
+    def mark_started(
+        self, run_id: str, *, pid: int, pgid: int, process_start_time: float, run_dir: Path
+    ) -> bool:
+        """Record the spawned process; False if the run is no longer RUNNING."""
+        with self.engine.begin() as conn:
+            won = _conditional_update(
+                conn, run_id, RunStatus.RUNNING, pid=pid, pgid=pgid, started_at=utcnow()
+            )
+            conn.execute(
+                update(claims)
+                .where(claims.c.run_id == run_id)
+                .values(pid=pid, pgid=pgid, process_start_time=process_start_time,
+                        run_dir=str(run_dir))
+            )
+            return won
+
+    def transition(
+        self, run_id: str, expected: RunStatus, new: RunStatus, **fields: object
+    ) -> bool:
+        """expected -> new with `fields`, only if the row still has `expected`."""
+        with self.engine.begin() as conn:
+            return _conditional_update(conn, run_id, expected, status=new, **fields)
+
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, RunStatus]:
+        """Current status of each id that still has a row (a deleted run is absent)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs.c.id, runs.c.status).where(runs.c.id.in_(ids)))
+            return {row.id: RunStatus(row.status) for row in rows}
+
+    def complete_cancelled_pending(self) -> list[str]:
+        """Set `completed_at` of runs cancelled before any daemon claimed them."""
+        never_claimed = ~select(claims.c.run_id).where(claims.c.run_id == runs.c.id).exists()
+        waiting = (
+            (runs.c.status == RunStatus.CANCELLED)
+            & runs.c.completed_at.is_(None)
+            & runs.c.pid.is_(None)
+            & never_claimed
+        )
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(select(runs.c.id).where(waiting)).scalars())
+            if ids:
+                conn.execute(
+                    update(runs).where(runs.c.id.in_(ids) & waiting).values(completed_at=utcnow())
+                )
+            return ids
+
+    # --- the client commands' verbs -------------------------------------------
+
+    def insert_run(
+        self, run_id: str, *, name: str | None, config_json: str, template: str
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(runs).values(
+                    id=run_id, name=name, status=RunStatus.PENDING, config_json=config_json,
+                    template=template, created_at=utcnow(),
+                )
+            )
+
+    def get_run(self, run_id: str) -> Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs).where(runs.c.id == run_id)).first()
+
+    def list_runs(self, limit: int | None = None) -> list[Row[Any]]:
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
+            return {status: count for status, count in rows.tuples()}
+
+    def cancel(self, run_id: str) -> tuple[RunStatus | None, bool]:
+        """The status the run had, and whether this call cancelled it."""
+        for _ in range(3):
+            row = self.get_run(run_id)
+            if row is None:
+                return None, False
+            before = RunStatus(row.status)
+            if before.is_final:
+                return before, False
+            # PENDING -> CANCELLED, RUNNING -> CANCELLED (the client's move)
+            if self.transition(run_id, before, RunStatus.CANCELLED):
+                return before, True
+        return before, False
+
+
+def _conditional_update(
+    conn: Connection, run_id: str, expected: RunStatus, **values: object
+) -> bool:
+    statement = update(runs).where((runs.c.id == run_id) & (runs.c.status == expected))
+    result = conn.execute(statement.values(**values))
+    return bool(result.rowcount == 1)
+

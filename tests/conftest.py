@@ -1,0 +1,227 @@
+"""Shared test helpers: a real daemon process, a real SQLite file, bounded waits."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+SIM = Path(__file__).parent / "sims" / "sim.py"
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.1)
+
+
+def utc_text(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def new_id() -> str:
+    return os.urandom(6).hex()
+
+
+class Client:
+    """Talks to the runs table as the FUSION GUI does: plain SQL, nothing else."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+
+    def connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.database, timeout=10, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def submit(self, config: dict[str, Any] | str | None = None, *, run_id: str | None = None,
+               created_at: datetime | None = None, name: str = "test") -> str:
+        run_id = run_id or new_id()
+        config_json = config if isinstance(config, str) else json.dumps(config or {"sim": {}})
+        with self.connect() as connection:
+            connection.execute(
+                "INSERT INTO runs (id, name, status, config_json, template, created_at) "
+                "VALUES (?, ?, 'PENDING', ?, 'minimal.ini', ?)",
+                (run_id, name, config_json, utc_text(created_at)),
+            )
+        return run_id
+
+    def row(self, run_id: str) -> sqlite3.Row | None:
+        with self.connect() as connection:
+            return connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+    def status(self, run_id: str) -> str | None:
+        row = self.row(run_id)
+        return None if row is None else row["status"]
+
+    def cancel(self, run_id: str) -> None:
+        with self.connect() as connection:
+            connection.execute("UPDATE runs SET status = 'CANCELLED' WHERE id = ?", (run_id,))
+
+    def delete(self, run_id: str) -> None:
+        with self.connect() as connection:
+            connection.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def count(self, status: str) -> int:
+        with self.connect() as connection:
+            query = "SELECT COUNT(*) FROM runs WHERE status = ?"
+            return int(connection.execute(query, (status,)).fetchone()[0])
+
+    def wait_status(self, run_id: str, *statuses: str, timeout: float = 15.0) -> sqlite3.Row:
+        def reached() -> sqlite3.Row | None:
+            row = self.row(run_id)
+            return row if row is not None and row["status"] in statuses else None
+
+        return wait_until(reached, timeout, f"run {run_id} to reach {statuses}")
+
+    def wait_final(self, run_id: str, timeout: float = 15.0) -> sqlite3.Row:
+        """Final status with completed_at written."""
+        def done() -> sqlite3.Row | None:
+            row = self.row(run_id)
+            final = row is not None and row["status"] in ("COMPLETED", "FAILED", "CANCELLED")
+            return row if final and row["completed_at"] is not None else None
+
+        return wait_until(done, timeout, f"run {run_id} to end")
+
+
+def pids_of_run(run_dir: Path) -> list[int]:
+    try:
+        return [int(line) for line in (run_dir / "pids").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@dataclass
+class Daemon:
+    """A `fusion-runner daemon` child process with its own database and runs dir."""
+
+    root: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def database(self) -> Path:
+        return self.root / "runs.db"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"daemon-{self.settings.get('worker-id', 'test')}.log"
+
+    def argv(self) -> list[str]:
+        options = {
+            "database-url": f"sqlite:///{self.database}",
+            "runs-dir": str(self.runs_dir),
+            "sim-command": f"{{python}} {SIM}",
+            "stop-grace-seconds": "2",
+            "poll-interval-seconds": "0.5",
+            "worker-id": "test",
+            "log-level": "DEBUG",
+        } | self.settings
+        argv = [sys.executable, "-m", "fusion_runner", "daemon"]
+        for key, value in options.items():
+            argv += [f"--{key}", value]
+        return argv
+
+    def start(self) -> Daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_RUNNER_")}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        wait_until(self.database.exists, 10, "the daemon to create its database")
+        wait_until(lambda: "action=ready" in self.log_text(), 10, "the daemon to be ready")
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def cleanup(self) -> None:
+        """Stop the daemon and every process any of its runs started, by pid."""
+        self.stop()
+        if self.runs_dir.exists():
+            for run_dir in self.runs_dir.iterdir():
+                for pid in pids_of_run(run_dir):
+                    kill_quietly(pid)
+        if self.database.exists():
+            with sqlite3.connect(self.database) as connection:
+                rows = connection.execute("SELECT pgid FROM runs WHERE pgid IS NOT NULL")
+                for (pgid,) in rows.fetchall():
+                    with contextlib.suppress(OSError):
+                        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_quietly(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+
+    def make(**settings: str) -> Daemon:
+        daemon = Daemon(tmp_path, {key.replace("_", "-"): value for key, value in settings.items()})
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    return daemon_factory().start()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Client:
+    return Client(daemon.database)
