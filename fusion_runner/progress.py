@@ -1,0 +1,256 @@
+"""Incremental reader of a run's progress.jsonl -> progress column updates (SPEC §5).
+
+`apply_line` is pure; `ProgressReader` does I/O only inside `poll`. Nothing in
+here raises for bad content: a bad line or value is skipped and described.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROGRESS_COLUMNS = ("current_erlang", "total_erlangs", "current_iteration", "total_iterations")
+MAX_LINE_BYTES = 1 << 20
+READ_CHUNK = 1 << 20
+MAX_NOTES = 100  # descriptions kept between take_problems(); the count is always exact
+MAX_COUNT = (1 << 31) - 1  # the columns are SQL INTEGER (32-bit on PostgreSQL)
+
+Columns = dict[str, float | int | None]
+
+# JSON key -> column; `erlang` is a float column, the others are counts.
+_FLOAT_KEYS = {"erlang": "current_erlang"}
+_COUNT_KEYS = {
+    "iteration": "current_iteration",
+    "total_iterations": "total_iterations",
+    "total_erlangs": "total_erlangs",
+}
+_TOTAL_KEYS = {"total_iterations": "total_iterations", "total_erlangs": "total_erlangs"}
+_EVENT_TYPES = frozenset(
+    {"start", "erlang_start", "iteration", "erlang_complete", "complete", "error"}
+)
+_NO_TYPE = object()
+
+
+@dataclass
+class Progress:
+    """What the file has said so far."""
+
+    current_erlang: float | None = None
+    total_erlangs: int | None = None
+    current_iteration: int | None = None
+    total_iterations: int | None = None
+    last_error: str | None = None  # message of the last `error` event
+    exit_code: int | None = None  # exit_code of a `complete` event (a second witness)
+
+    def columns(self) -> Columns:
+        return {name: getattr(self, name) for name in PROGRESS_COLUMNS}
+
+
+def apply_line(progress: Progress, line: bytes) -> list[str]:
+    """Apply one complete line (without its newline); return what was skipped and why."""
+    if not line or line.isspace():
+        return []
+    try:
+        record = json.loads(line.decode("utf-8", "replace"))
+    except (ValueError, RecursionError) as exc:
+        return [f"malformed JSON: {_first_line(exc)}"]
+    if type(record) is not dict:
+        return [f"not a JSON object: {type(record).__name__}"]
+    kind = record.get("type", _NO_TYPE)
+    if kind is not _NO_TYPE and (type(kind) is not str or kind not in _EVENT_TYPES):
+        return [f"unknown type {_short(kind)}"]
+    problems: list[str] = []
+    _apply_values(progress, record, problems, _COUNT_KEYS)
+    if kind == "start":
+        _apply_config(progress, record, problems)
+    elif kind == "complete":
+        _apply_exit_code(progress, record, problems)
+    elif kind == "error":
+        _apply_message(progress, record, problems)
+    return problems
+
+
+def _apply_values(
+    progress: Progress, record: dict[str, object], problems: list[str], counts: dict[str, str]
+) -> None:
+    if counts is _COUNT_KEYS and "erlang" in record:
+        value = _as_float(record["erlang"])
+        if value is None:
+            problems.append(f"erlang: not a number: {_short(record['erlang'])}")
+        else:
+            progress.current_erlang = value
+    for key, column in counts.items():
+        if key in record:
+            count = _as_count(record[key])
+            if count is None:
+                problems.append(f"{key}: not a count: {_short(record[key])}")
+            else:
+                setattr(progress, column, count)
+
+
+def _apply_config(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
+    config = record.get("config")
+    if type(config) is dict:
+        _apply_values(progress, config, problems, _TOTAL_KEYS)
+    elif config is not None:
+        problems.append(f"config: not an object: {_short(config)}")
+
+
+def _apply_exit_code(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
+    if "exit_code" in record:
+        code = record["exit_code"]
+        if type(code) is int:
+            progress.exit_code = code
+        else:
+            problems.append(f"exit_code: not an integer: {_short(code)}")
+
+
+def _apply_message(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
+    if "message" in record:
+        message = record["message"]
+        if type(message) is str:
+            progress.last_error = message
+        else:
+            problems.append(f"message: not a string: {_short(message)}")
+
+
+def _as_float(value: object) -> float | None:
+    """A finite float from a JSON int or float (bool is not a number)."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return None
+
+
+def _as_count(value: object) -> int | None:
+    """An int in [0, MAX_COUNT] from a JSON int or an integral float (bool is not a number)."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    return None
+
+
+def _short(value: object) -> str:
+    if type(value) is str and len(value) > 40:
+        value = value[:40]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    return _short(str(exc).partition("\n")[0] or type(exc).__name__)[1:-1]
+
+
+class ProgressReader:
+    """Incremental reader of one run's progress.jsonl (I/O only through `poll`)."""
+
+    def __init__(self, path: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
+        self.path = path
+        self.progress = progress if progress is not None else Progress()
+        self.problems = 0
+        self._notes: list[str] = []
+        self._reported = self.progress.columns()  # what the last poll left the caller with
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
+        self._offset = offset  # end of the last complete line consumed
+        self._read_pos = offset  # end of what has been read: offset + held or discarded bytes
+        self._pending = b""  # the start of a line not yet ended, at most MAX_LINE_BYTES
+        self._discarding = False  # inside a line longer than MAX_LINE_BYTES
+
+    @property
+    def offset(self) -> int:
+        """Bytes consumed (complete lines only), to resume from after a restart."""
+        return self._offset
+
+    def poll(self) -> Columns:
+        """Apply what is new in the file; return the columns that changed since the last poll."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        try:
+            self._read_new(fd)
+        finally:
+            os.close(fd)
+        return self._changes()
+
+    def take_problems(self) -> list[str]:
+        """Descriptions of what was skipped since the last call (at most MAX_NOTES); clears."""
+        notes, self._notes, self.problems = self._notes, [], 0
+        return notes
+
+    def _read_new(self, fd: int) -> None:
+        stat = os.fstat(fd)
+        identity = (stat.st_dev, stat.st_ino)
+        replaced = self._identity is not None and identity != self._identity
+        if replaced or stat.st_size < self._read_pos:
+            self._start_over()
+        self._identity = identity
+        while self._read_pos < stat.st_size:  # bounded by the size seen now, not a moving EOF
+            data = os.pread(fd, READ_CHUNK, self._read_pos)
+            if not data:
+                break
+            self._feed(data)
+
+    def _start_over(self) -> None:
+        """The file shrank or was replaced: its content is new, so is the state read from it."""
+        self.progress = Progress()
+        self._offset = self._read_pos = 0
+        self._pending = b""
+        self._discarding = False
+
+    def _feed(self, data: bytes) -> None:
+        self._read_pos += len(data)
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._discarding = False
+            data = data[newline + 1 :]
+            self._offset = self._read_pos - len(data)
+        lines = (self._pending + data if self._pending else data).split(b"\n")
+        self._pending = lines.pop()
+        position = self._offset
+        for line in lines:
+            self._apply(line, position)
+            position += len(line) + 1
+        self._offset = position
+        if len(self._pending) > MAX_LINE_BYTES:
+            self._note(position, f"line longer than {MAX_LINE_BYTES} bytes skipped")
+            self._pending = b""
+            self._discarding = True
+
+    def _apply(self, line: bytes, position: int) -> None:
+        if len(line) > MAX_LINE_BYTES:
+            self._note(position, f"line longer than {MAX_LINE_BYTES} bytes skipped")
+            return
+        for problem in apply_line(self.progress, line):
+            self._note(position, problem)
+
+    def _note(self, position: int, problem: str) -> None:
+        self.problems += 1
+        if len(self._notes) < MAX_NOTES:
+            self._notes.append(f"byte {position}: {problem}")
+
+    def _changes(self) -> Columns:
+        columns = self.progress.columns()
+        changed = {name: value for name, value in columns.items() if self._reported[name] != value}
+        self._reported = columns
+        return changed
+
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "PROGRESS_COLUMNS",
+    "Progress",
+    "ProgressReader",
+    "apply_line",
+    "fields",
+]

@@ -1,0 +1,97 @@
+"""What the daemon refuses at start: bad configuration, a runs table it cannot serve."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def daemon(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_RUNNER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fusion_runner", "daemon", *args],
+        env=clean | (env or {}), cwd=cwd, capture_output=True, text=True, timeout=30,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "culprit"),
+    [
+        (["--max-concurrent-runs", "-1"], {}, "max_concurrent_runs"),
+        (["--stop-grace-seconds", "soon"], {}, "stop_grace_seconds"),
+        ([], {"FUSION_RUNNER_ON_SHUTDOWN": "explode"}, "on_shutdown"),
+        ([], {"FUSION_RUNNER_NO_SUCH_KEY": "1"}, "FUSION_RUNNER_NO_SUCH_KEY"),
+        (["--database-url", "mysql://x"], {}, "database_url"),
+    ],
+)
+def test_bad_value_exits_2_naming_the_key(
+    tmp_path: Path, args: list[str], env: dict[str, str], culprit: str
+) -> None:
+    result = daemon(*args, env=env, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert culprit in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_toml_file_exits_2_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("max_concurrent_runs = [unclosed\n")
+
+    result = daemon("--config", str(config), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert str(config) in result.stderr
+
+
+def test_unknown_toml_key_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('max_concurent_runs = 2\n')
+
+    result = daemon("--config", str(config), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "max_concurent_runs" in result.stderr
+
+
+def test_runs_table_missing_a_column_exits_2_naming_it(tmp_path: Path) -> None:
+    database = tmp_path / "gui.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE TABLE runs (id VARCHAR(12) PRIMARY KEY, name VARCHAR(255), "
+            "status VARCHAR(20) NOT NULL, config_json TEXT NOT NULL, "
+            "template VARCHAR(100) NOT NULL, created_at DATETIME NOT NULL)"
+        )
+
+    result = daemon("--database-url", f"sqlite:///{database}", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "'pid'" in result.stderr
+
+
+def test_table_made_by_the_daemon_has_the_gui_schema(tmp_path: Path) -> None:
+    from fusion_runner.store import Store
+
+    database = tmp_path / "new.db"
+    Store.open(f"sqlite:///{database}").close()
+
+    with sqlite3.connect(database) as connection:
+        columns = {row[1]: (row[2], row[3]) for row in connection.execute("PRAGMA table_info(runs)")}
+        indexes = [row[1] for row in connection.execute("PRAGMA index_list(runs)")]
+        journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert columns["id"] == ("VARCHAR(12)", 1)
+    assert columns["status"] == ("VARCHAR(20)", 1)
+    assert columns["config_json"] == ("TEXT", 1)
+    assert columns["created_at"] == ("DATETIME", 1)
+    assert columns["current_erlang"] == ("FLOAT", 0)
+    assert columns["total_iterations"] == ("INTEGER", 0)
+    assert len(columns) == 15
+    assert any("status" in name for name in indexes)
+    assert journal == "wal"
