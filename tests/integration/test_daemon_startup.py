@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 
-def daemon(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+def daemon(
+    *args: str, env: dict[str, str] | None = None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_RUNNER_")}
     return subprocess.run(
         [sys.executable, "-m", "fusion_runner", "daemon", *args],
@@ -83,7 +85,8 @@ def test_table_made_by_the_daemon_has_the_gui_schema(tmp_path: Path) -> None:
     Store.open(f"sqlite:///{database}").close()
 
     with sqlite3.connect(database) as connection:
-        columns = {row[1]: (row[2], row[3]) for row in connection.execute("PRAGMA table_info(runs)")}
+        table_info = connection.execute("PRAGMA table_info(runs)").fetchall()
+        columns = {row[1]: (row[2], row[3]) for row in table_info}
         indexes = [row[1] for row in connection.execute("PRAGMA index_list(runs)")]
         journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert columns["id"] == ("VARCHAR(12)", 1)
