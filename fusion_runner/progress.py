@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 PROGRESS_COLUMNS = ("current_erlang", "total_erlangs", "current_iteration", "total_iterations")
@@ -20,8 +20,7 @@ MAX_COUNT = (1 << 31) - 1  # the columns are SQL INTEGER (32-bit on PostgreSQL)
 
 Columns = dict[str, float | int | None]
 
-# JSON key -> column; `erlang` is a float column, the others are counts.
-_FLOAT_KEYS = {"erlang": "current_erlang"}
+# JSON key -> count column (`erlang` -> current_erlang is the one float).
 _COUNT_KEYS = {
     "iteration": "current_iteration",
     "total_iterations": "total_iterations",
@@ -63,6 +62,7 @@ def apply_line(progress: Progress, line: bytes) -> list[str]:
     if kind is not _NO_TYPE and (type(kind) is not str or kind not in _EVENT_TYPES):
         return [f"unknown type {_short(kind)}"]
     problems: list[str] = []
+    _apply_erlang(progress, record, problems)
     _apply_values(progress, record, problems, _COUNT_KEYS)
     if kind == "start":
         _apply_config(progress, record, problems)
@@ -76,12 +76,6 @@ def apply_line(progress: Progress, line: bytes) -> list[str]:
 def _apply_values(
     progress: Progress, record: dict[str, object], problems: list[str], counts: dict[str, str]
 ) -> None:
-    if counts is _COUNT_KEYS and "erlang" in record:
-        value = _as_float(record["erlang"])
-        if value is None:
-            problems.append(f"erlang: not a number: {_short(record['erlang'])}")
-        else:
-            progress.current_erlang = value
     for key, column in counts.items():
         if key in record:
             count = _as_count(record[key])
@@ -89,6 +83,15 @@ def _apply_values(
                 problems.append(f"{key}: not a count: {_short(record[key])}")
             else:
                 setattr(progress, column, count)
+
+
+def _apply_erlang(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
+    if "erlang" in record:
+        value = _as_float(record["erlang"])
+        if value is None:
+            problems.append(f"erlang: not a number: {_short(record['erlang'])}")
+        else:
+            progress.current_erlang = value
 
 
 def _apply_config(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
@@ -146,7 +149,7 @@ def _short(value: object) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return _short(str(exc).partition("\n")[0] or type(exc).__name__)[1:-1]
+    return (str(exc).partition("\n")[0] or type(exc).__name__)[:80]
 
 
 class ProgressReader:
@@ -245,12 +248,3 @@ class ProgressReader:
         self._reported = columns
         return changed
 
-
-__all__ = [
-    "MAX_LINE_BYTES",
-    "PROGRESS_COLUMNS",
-    "Progress",
-    "ProgressReader",
-    "apply_line",
-    "fields",
-]
