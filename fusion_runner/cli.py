@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     from fusion_runner.supervisor import Supervisor
+    from fusion_runner.systemd import Notifier
 
     logging.basicConfig(
         level=settings.log_level,
@@ -93,7 +94,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))
     store = Store.open(settings.database_url)
     try:
-        return Supervisor(settings, store).run()
+        return Supervisor(settings, store, notifier=Notifier()).run()
     finally:
         store.close()
 

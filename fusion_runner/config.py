@@ -44,6 +44,8 @@ class Config:
     on_shutdown: str = "detach"  # "detach" | "terminate"
     log_level: str = "INFO"
     worker_id: str = field(default_factory=socket.gethostname)
+    # Not in SPEC §8's table: how often at most a run's progress columns are written.
+    progress_interval_seconds: float = 0.05
 
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -107,6 +109,9 @@ _KEYS: dict[str, _Key] = {
     "worker_id": _Key(
         "str", "must be non-empty, without whitespace or control characters", _is_worker_id,
         help="this daemon's name on the database"),
+    "progress_interval_seconds": _Key(
+        "float", "must be a finite number >= 0", lambda v: math.isfinite(v) and v >= 0,
+        help="at most one progress write per run per this many seconds"),
 }  # fmt: skip
 
 

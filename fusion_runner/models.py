@@ -66,6 +66,9 @@ class RunClaim(Base):
     pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     process_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Bytes of progress.jsonl already applied to the progress columns, so an
+    # adopting daemon continues where the last one stopped.
+    progress_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 RUNS_COLUMNS: tuple[str, ...] = tuple(column.name for column in Run.__table__.columns)

@@ -156,3 +156,11 @@ def reap(shim_pids: list[int], *, any_child: bool) -> dict[int, int]:
                 break
             statuses[reaped] = status
     return statuses
+
+
+def group_of(identity: Identity) -> int | None:
+    """The process group of a live process, None once it is gone."""
+    try:
+        return os.getpgid(identity.pid)
+    except ProcessLookupError:
+        return None

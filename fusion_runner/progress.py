@@ -247,4 +247,3 @@ class ProgressReader:
         changed = {name: value for name, value in columns.items() if self._reported[name] != value}
         self._reported = columns
         return changed
-

@@ -7,7 +7,7 @@ client's concurrent change is never overwritten. Hot paths use SQLAlchemy Core.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fusion_runner import config as config_module
 from fusion_runner.errors import ConfigError, SchemaError
 from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunStatus
+from fusion_runner.progress import PROGRESS_COLUMNS
 
 runs = cast(Table, Run.__table__)
 claims = cast(Table, RunClaim.__table__)
@@ -49,6 +50,20 @@ def utcnow() -> datetime:
 class ClaimedRun:
     id: str
     config_json: str
+
+
+@dataclass(frozen=True)
+class OwnedRun:
+    """A run a daemon with this worker id claimed and has not finished."""
+
+    id: str
+    status: RunStatus
+    pid: int | None
+    pgid: int | None
+    process_start_time: float | None
+    run_dir: str | None
+    progress_offset: int | None
+    progress: dict[str, float | int | None]
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -150,6 +165,50 @@ class Store:
         """expected -> new with `fields`, only if the row still has `expected`."""
         with self.engine.begin() as conn:
             return _conditional_update(conn, run_id, expected, status=new, **fields)
+
+    def write_progress(
+        self, run_id: str, columns: Mapping[str, float | int | None], offset: int
+    ) -> bool:
+        """Progress columns of a RUNNING run, and how far its file was read."""
+        with self.engine.begin() as conn:
+            won = _conditional_update(conn, run_id, RunStatus.RUNNING, **columns)
+            conn.execute(
+                update(claims).where(claims.c.run_id == run_id).values(progress_offset=offset)
+            )
+            return won
+
+    def owned_unfinished(self, worker_id: str) -> list[OwnedRun]:
+        """RUNNING runs claimed under `worker_id`, and its CANCELLED ones not completed."""
+        unfinished = (runs.c.status == RunStatus.RUNNING) | (
+            (runs.c.status == RunStatus.CANCELLED) & runs.c.completed_at.is_(None)
+        )
+        query = (
+            select(runs, claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset)
+            .join(claims, claims.c.run_id == runs.c.id)
+            .where((claims.c.worker_id == worker_id) & unfinished)
+            .order_by(runs.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            return [
+                OwnedRun(
+                    id=row.id, status=RunStatus(row.status), pid=row.pid, pgid=row.pgid,
+                    process_start_time=row.process_start_time, run_dir=row.run_dir,
+                    progress_offset=row.progress_offset,
+                    progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
+                )
+                for row in conn.execute(query)
+            ]
+
+    def release_claim(self, run_id: str) -> bool:
+        """RUNNING -> PENDING for a run claimed but never spawned."""
+        with self.engine.begin() as conn:
+            statement = update(runs).where(
+                (runs.c.id == run_id) & (runs.c.status == RunStatus.RUNNING) & runs.c.pid.is_(None)
+            )
+            won = bool(conn.execute(statement.values(status=RunStatus.PENDING)).rowcount == 1)
+            if won:
+                conn.execute(delete(claims).where(claims.c.run_id == run_id))
+            return won
 
     def statuses(self, run_ids: Iterable[str]) -> dict[str, RunStatus]:
         """Current status of each id that still has a row (a deleted run is absent)."""

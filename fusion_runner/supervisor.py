@@ -1,30 +1,33 @@
 """The main loop: every state change of a run happens in this module.
 
-`run()` waits for a wake-up and calls `step(now)`, which does one pass:
-reap exits, notice cancels and deletions, escalate kills whose grace has
-passed, finalise ended runs, complete cancelled PENDING runs, then claim and
-spawn up to capacity. Nothing else changes a run.
+`run()` reconciles what an earlier daemon left, then waits for a wake-up and
+calls `step(now)`, which does one pass: reap exits, notice cancels and
+deletions, escalate kills whose grace has passed, read and write progress,
+finalise ended runs, complete cancelled PENDING runs, then claim and spawn up
+to capacity. Nothing else changes a run.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from fusion_runner import outcome, process, rundir
 from fusion_runner.config import Config, sqlite_path
 from fusion_runner.errors import InvalidRun
+from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
-from fusion_runner.store import ClaimedRun, Store, utcnow
-from fusion_runner.wakeups import Reason, Wakeups
+from fusion_runner.progress import Progress, ProgressReader
+from fusion_runner.store import ClaimedRun, OwnedRun, Store, utcnow
+from fusion_runner.systemd import Notifier
+from fusion_runner.wakeups import Reason, Wakeup, Wakeups
 
 log = logging.getLogger("fusion_runner")
 
@@ -32,27 +35,8 @@ log = logging.getLogger("fusion_runner")
 DATABASE_RECHECK_SECONDS = 0.005
 # While a stopped run's last processes are being reaped.
 DRAIN_RECHECK_SECONDS = 0.01
-LOG_TAIL_BYTES = 3072
-
-
-class StopReason(enum.Enum):
-    CANCELLED = "cancelled"
-    DELETED = "deleted"
-    SHUTDOWN = "shutdown"
-
-
-@dataclass
-class LiveRun:
-    """A run whose processes may still exist."""
-
-    id: str
-    paths: rundir.RunPaths
-    process: process.RunProcess
-    stop_reason: StopReason | None = None
-    kill_at: float | None = None
-    killed: bool = False
-    wait_status: int | None = None
-    exited: bool = False
+# At most one log line per run this often about skipped progress lines.
+PROBLEM_LOG_SECONDS = 1.0
 
 
 class Supervisor:
@@ -62,65 +46,95 @@ class Supervisor:
         store: Store,
         wakeups: Wakeups | None = None,
         clock: Callable[[], float] = time.monotonic,
-        *,
-        reap_any_child: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.wakeups = wakeups
         self.clock = clock
+        self.notifier = notifier or Notifier({})
         self.live: dict[str, LiveRun] = {}
         self.stopping = False
-        self._reap_any_child = reap_any_child
+        self._reap_any_child = False
         self._next_deadline: float | None = None
+        self._progress_changed: set[str] = set()
+        self._next_progress_sweep = 0.0
+        self._problems_logged_at: dict[str, float] = {}
 
     # --- the loop ---------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; the exit status of the daemon."""
+        """Serve until SIGTERM/SIGINT; the daemon's exit status."""
         wakeups = self.wakeups = self.wakeups or Wakeups()
-        # Orphans of our runs become ours, so they are reaped at once.
+        # Orphans of our runs become ours, so that they are reaped at once.
         self._reap_any_child = process.set_child_subreaper()
         wakeups.catch_stop_signals(self.stop)
         sqlite_file = sqlite_path(self.config.database_url)
         if sqlite_file is not None:
             wakeups.watch_database(sqlite_file)
+        self.reconcile(self.clock())
+        self.notifier.ready()
         log.info("action=ready worker=%s database=%s runs_dir=%s max_concurrent_runs=%d",
                  self.config.worker_id, self.config.database_url, self.config.runs_dir,
                  self.config.max_concurrent_runs)
         try:
             self._serve(wakeups)
         finally:
+            self.notifier.stopping()
             wakeups.close()
-        log.info("action=exit live_runs=%d", len(self.live))
+        log.info("action=exit detached_runs=%s", ",".join(self.live) or "none")
         return 0
 
     def _serve(self, wakeups: Wakeups) -> None:
         recheck_at: float | None = None
+        watchdog_at = self.clock()
         while not self._finished():
             now = self.clock()
+            watchdog_at = self._ping_watchdog(now, watchdog_at)
             try:
                 self.step(now)
             except SQLAlchemyError as error:
                 # A locked or unreachable database must not end the daemon:
                 # every run stays as it is and the next pass tries again.
-                log.error("action=database_error error=%s", _first_line_of(str(error)))
+                log.error("action=database_error error=%s", _first_line(str(error)))
                 self._wake_by(now + self.config.poll_interval_seconds)
-            deadlines = [d for d in (self._next_deadline, recheck_at) if d is not None]
+            self._report_status()
+            deadlines = [d for d in (self._next_deadline, recheck_at, watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
             if deadlines:
                 timeout = min(timeout, max(min(deadlines) - self.clock(), 0.0))
-            woken = wakeups.wait(timeout)
-            recheck_at = None
-            if any(wakeup.reason is Reason.DATABASE for wakeup in woken):
-                recheck_at = self.clock() + DATABASE_RECHECK_SECONDS
+            recheck_at = self._take(wakeups.wait(timeout), recheck_at)
+
+    def _take(self, woken: list[Wakeup], recheck_at: float | None) -> float | None:
+        """Note what the wake-ups say; the database re-check time that follows."""
+        database = False
+        for wakeup in woken:
+            if wakeup.reason is Reason.PROGRESS:
+                self._progress_changed.add(wakeup.key)
+            database = database or wakeup.reason is Reason.DATABASE
+        if database:
+            return self.clock() + DATABASE_RECHECK_SECONDS
+        return None if woken else recheck_at
+
+    def _ping_watchdog(self, now: float, watchdog_at: float) -> float:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return 0.0
+        if now >= watchdog_at:
+            self.notifier.watchdog()
+            return now + interval
+        return watchdog_at
+
+    def _report_status(self) -> None:
+        if self.notifier.enabled:
+            running = sum(1 for run in self.live.values() if run.stop_reason is None)
+            pending = self.store.count_by_status().get(RunStatus.PENDING, 0)
+            self.notifier.status(f"{running} running, {pending} pending")
 
     def _finished(self) -> bool:
         if not self.stopping:
             return False
-        if self.config.on_shutdown == "detach":
-            return True
-        return not self.live
+        return self.config.on_shutdown == "detach" or not self.live
 
     def stop(self) -> None:
         """Stop claiming; called from a signal handler, so it only sets a flag."""
@@ -134,20 +148,53 @@ class Supervisor:
         if self.stopping and self.config.on_shutdown == "terminate":
             self._stop_all_for_shutdown(now)
         self._escalate_kills(now)
+        self._read_progress(now)
         self._finalise_ended_runs(now)
         self.store.complete_cancelled_pending()
         if not self.stopping:
             self._claim_and_spawn(now)
 
+    # --- restart: what an earlier daemon with our worker id left -------------
+
+    def reconcile(self, now: float) -> None:
+        """Adopt live runs, give ended ones their true outcome, requeue unspawned ones."""
+        for owned in self.store.owned_unfinished(self.config.worker_id):
+            if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
+                self._reconcile_unspawned(owned)
+                continue
+            paths = _paths_of(owned, self.config.runs_dir)
+            shim = process.Identity(owned.pid, owned.process_start_time)
+            run = LiveRun(owned.id, paths, process.RunProcess(shim, owned.pgid),
+                          _resumed_reader(owned, paths), adopted=True)
+            self.live[run.id] = run
+            if shim.is_alive() and process.group_of(shim) == owned.pgid:
+                self._watch(run)
+                log.info("run=%s action=adopted pid=%d", run.id, shim.pid)
+            else:
+                run.exited = True
+            if owned.status is RunStatus.CANCELLED:
+                self._begin_stop(run, StopReason.CANCELLED, now)
+
+    def _reconcile_unspawned(self, owned: OwnedRun) -> None:
+        if owned.status is RunStatus.CANCELLED:
+            self._complete_cancelled(owned.id)
+        # RUNNING -> PENDING: claimed, but the daemon died before it spawned anything.
+        elif self.store.release_claim(owned.id):
+            log.warning("run=%s action=requeued reason=claimed_but_never_started", owned.id)
+
     # --- one pass, in order -----------------------------------------------
 
     def _reap(self) -> None:
-        by_pid = {run.process.pid: run for run in self.live.values() if not run.exited}
-        statuses = process.reap(list(by_pid), any_child=self._reap_any_child)
+        children = {run.process.pid: run for run in self.live.values()
+                    if not run.exited and not run.adopted}
+        statuses = process.reap(list(children), any_child=self._reap_any_child)
         for pid, status in statuses.items():
-            run = by_pid.get(pid)
+            run = children.get(pid)
             if run is not None:
                 run.exited, run.wait_status = True, status
+        for run in self.live.values():
+            if run.adopted and not run.exited and not run.process.shim.is_alive():
+                run.exited = True
 
     def _notice_cancels_and_deletions(self, now: float) -> None:
         if not self.live:
@@ -172,7 +219,8 @@ class Supervisor:
         run.kill_at = now + self.config.stop_grace_seconds
         if not run.exited:
             process.signal_tree(run.process, signal.SIGTERM)
-        log.info("run=%s action=stopping reason=%s pgid=%d", run.id, reason.value, run.process.pgid)
+            log.info("run=%s action=stopping reason=%s pgid=%d",
+                     run.id, reason.value, run.process.pgid)
 
     def _escalate_kills(self, now: float) -> None:
         for run in self.live.values():
@@ -181,10 +229,43 @@ class Supervisor:
             if now >= run.kill_at:
                 run.killed = True
                 process.signal_tree(run.process, signal.SIGKILL)
-                log.warning("run=%s action=killed grace=%ss", run.id,
-                            self.config.stop_grace_seconds)
+                log.warning("run=%s action=killed grace=%ss",
+                            run.id, self.config.stop_grace_seconds)
             else:
                 self._wake_by(run.kill_at)
+
+    def _read_progress(self, now: float) -> None:
+        # Inotify says which files changed; a slow sweep of all covers a missed event.
+        sweep = now >= self._next_progress_sweep
+        if sweep:
+            self._next_progress_sweep = now + self.config.poll_interval_seconds
+        for run in self.live.values():
+            if sweep or run.id in self._progress_changed:
+                self._poll_progress(run, now)
+            if run.progress_pending:
+                due = run.progress_written_at + self.config.progress_interval_seconds
+                if now >= due:
+                    self._write_progress(run, now)
+                else:
+                    self._wake_by(due)
+        self._progress_changed.clear()
+
+    def _poll_progress(self, run: LiveRun, now: float) -> None:
+        try:
+            run.progress_pending.update(run.reader.poll())
+        except OSError as error:
+            log.warning("run=%s action=progress_unreadable error=%s", run.id, error)
+        if run.reader.problems and now >= self._problems_logged_at.get(run.id, -1e9) + 1:
+            self._problems_logged_at[run.id] = now
+            problems = run.reader.take_problems()
+            log.warning("run=%s action=progress_skipped count=%d first=%r",
+                        run.id, len(problems), problems[0] if problems else "")
+
+    def _write_progress(self, run: LiveRun, now: float) -> None:
+        # RUNNING -> RUNNING (progress columns only)
+        self.store.write_progress(run.id, run.progress_pending, run.reader.offset)
+        run.progress_pending = {}
+        run.progress_written_at = now
 
     def _finalise_ended_runs(self, now: float) -> None:
         for run in list(self.live.values()):
@@ -193,42 +274,41 @@ class Supervisor:
             if not process.tree_gone(run.process):
                 self._wake_by(now + DRAIN_RECHECK_SECONDS)
                 continue
-            if not run.exited:
-                # The shim is gone but was not our child to reap (adopted later).
-                run.exited = True
+            run.exited = True
+            # What the simulation said last is in the row before its final status.
+            self._poll_progress(run, now)
+            if run.progress_pending and run.stop_reason is None:
+                self._write_progress(run, now)
             self._finalise(run)
-            del self.live[run.id]
+            self._forget(run)
 
     def _finalise(self, run: LiveRun) -> None:
-        completed_at = utcnow()
         if run.stop_reason is StopReason.DELETED:
             log.info("run=%s action=stopped reason=deleted", run.id)
             return
         if run.stop_reason is StopReason.CANCELLED:
-            self._complete_cancelled(run.id, completed_at)
+            self._complete_cancelled(run.id)
             return
         if run.stop_reason is StopReason.SHUTDOWN:
             result = outcome.Outcome(RunStatus.FAILED, "runner shut down")
+        elif run.adopted and run.exit_record() is None:
+            result = outcome.Outcome(RunStatus.FAILED, _unrecoverable(run))
         else:
-            result = self._outcome_of(run)
+            result = run.outcome()
         # RUNNING -> COMPLETED | FAILED
         if self.store.transition(run.id, RunStatus.RUNNING, result.status,
-                                 error_message=result.error_message, completed_at=completed_at):
+                                 error_message=result.error_message, completed_at=utcnow()):
             log.info("run=%s action=finished status=%s%s", run.id, result.status,
-                     _first_line(result.error_message))
+                     _error_field(result.error_message))
             return
         # The client cancelled while the run was ending: the cancel wins.
-        self._complete_cancelled(run.id, completed_at)
+        self._complete_cancelled(run.id)
 
-    def _complete_cancelled(self, run_id: str, completed_at: object) -> None:
-        # CANCELLED -> CANCELLED (completed_at set once no process is left)
+    def _complete_cancelled(self, run_id: str) -> None:
+        # CANCELLED -> CANCELLED (completed_at, once no process is left)
         if self.store.transition(run_id, RunStatus.CANCELLED, RunStatus.CANCELLED,
-                                 completed_at=completed_at):
+                                 completed_at=utcnow()):
             log.info("run=%s action=finished status=CANCELLED", run_id)
-
-    def _outcome_of(self, run: LiveRun) -> outcome.Outcome:
-        record = _read_record(run.paths)
-        return outcome.decide(record, run.wait_status, None, _log_tail(run.paths))
 
     def _claim_and_spawn(self, now: float) -> None:
         while len(self.live) < self.config.max_concurrent_runs:
@@ -246,17 +326,17 @@ class Supervisor:
         except (InvalidRun, OSError) as error:
             self._fail_before_spawn(claimed.id, str(error))
             return
-        run = LiveRun(claimed.id, paths, spawned)
+        run = LiveRun(claimed.id, paths, spawned, ProgressReader(paths.progress_file))
         self.live[run.id] = run
-        if self.wakeups is not None:
-            self.wakeups.watch_exit(run.id, spawned.pid)
+        self._watch(run)
+        # RUNNING (claimed) -> RUNNING with pid, pgid, started_at
         recorded = self.store.mark_started(
             run.id, pid=spawned.pid, pgid=spawned.pgid,
             process_start_time=spawned.shim.start_time, run_dir=paths.run_dir,
         )
         log.info("run=%s action=started pid=%d", run.id, spawned.pid)
         if not recorded:
-            # Cancelled or deleted between claim and spawn: the next pass stops it.
+            # Cancelled or deleted between claim and spawn: stop it now.
             self._notice_cancels_and_deletions(now)
 
     def _fail_before_spawn(self, run_id: str, message: str) -> None:
@@ -265,32 +345,42 @@ class Supervisor:
                               error_message=message, completed_at=utcnow())
         log.error("run=%s action=failed reason=%s", run_id, message)
 
+    def _watch(self, run: LiveRun) -> None:
+        if self.wakeups is not None:
+            self.wakeups.watch_exit(run.id, run.process.pid)
+            self.wakeups.watch_progress(run.id, run.paths.run_dir)
+
+    def _forget(self, run: LiveRun) -> None:
+        del self.live[run.id]
+        self._problems_logged_at.pop(run.id, None)
+        if self.wakeups is not None:
+            self.wakeups.unwatch_progress(run.id)
+
     def _wake_by(self, deadline: float) -> None:
         if self._next_deadline is None or deadline < self._next_deadline:
             self._next_deadline = deadline
 
 
-def _read_record(paths: rundir.RunPaths) -> outcome.ExitRecord | None:
-    try:
-        return outcome.ExitRecord.from_json(paths.exit_record.read_text())
-    except (OSError, ValueError):
-        return None
+def _paths_of(owned: OwnedRun, runs_dir: Path) -> rundir.RunPaths:
+    # The runs directory the run was started in, even if the setting changed since.
+    base = Path(owned.run_dir).parent if owned.run_dir else runs_dir
+    return rundir.RunPaths.under(base, owned.id)
 
 
-def _log_tail(paths: rundir.RunPaths) -> str:
-    try:
-        with open(paths.log_file, "rb") as log_file:
-            size = log_file.seek(0, os.SEEK_END)
-            # One byte more than kept, so that a cut first line can be told and dropped.
-            log_file.seek(max(size - LOG_TAIL_BYTES - 1, 0))
-            return outcome.tail_text(log_file.read(), LOG_TAIL_BYTES)
-    except OSError:
-        return ""
+def _resumed_reader(owned: OwnedRun, paths: rundir.RunPaths) -> ProgressReader:
+    progress = Progress(**{name: value for name, value in owned.progress.items()})  # type: ignore[arg-type]
+    return ProgressReader(paths.progress_file, offset=owned.progress_offset or 0,
+                          progress=progress)
 
 
-def _first_line_of(text: str) -> str:
+def _unrecoverable(run: LiveRun) -> str:
+    return (f"exit status could not be recovered: process {run.process.pid} ended while "
+            f"no runner watched and left no exit record in {run.paths.exit_record}")
+
+
+def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _first_line(message: str | None) -> str:
-    return f" error={_first_line_of(message)!r}" if message else ""
+def _error_field(message: str | None) -> str:
+    return f" error={_first_line(message)!r}" if message else ""

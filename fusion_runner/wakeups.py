@@ -7,7 +7,9 @@ put a `Wakeup` on the queue; the supervisor alone acts on it. The queue is a
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
 import os
 import queue
 import selectors
@@ -28,13 +30,19 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger("fusion_runner")
+PROGRESS_FILE = "progress.jsonl"
+_CHANGES = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent]
 
 
 class Reason(enum.Enum):
     DATABASE = "database"  # the database file changed: a client may have written
     EXIT = "exit"  # a run's shim ended
     STOP = "stop"  # SIGTERM / SIGINT
+    PROGRESS = "progress"  # a run's progress.jsonl changed
     WAKE = "wake"  # anything else worth a pass
 
 
@@ -49,7 +57,12 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Wakeup] = queue.SimpleQueue()
-        self._observer: BaseObserver | None = None
+        self._observer: BaseObserver = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        # Used only for folders inotify cannot watch (watch limit, file system).
+        self._polling: BaseObserver | None = None
+        self._progress_watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
         self._exits = ExitWatcher(lambda key: self.put(Wakeup(Reason.EXIT, key)))
 
     def put(self, wakeup: Wakeup) -> None:
@@ -69,17 +82,52 @@ class Wakeups:
 
     def watch_database(self, database_file: Path) -> None:
         """Wake on writes to a SQLite file or its WAL, watching its folder only."""
-        folder = database_file.parent.resolve()
         names = {database_file.name, f"{database_file.name}-wal"}
         handler = _NamedFileHandler(names, lambda: self.put(Wakeup(Reason.DATABASE)))
-        self._observer = Observer()
-        self._observer.schedule(
-            handler, str(folder), recursive=False,
-            event_filter=[FileModifiedEvent, FileCreatedEvent, FileMovedEvent,
-                          FileDeletedEvent, FileClosedEvent],
-        )
-        self._observer.daemon = True
-        self._observer.start()
+        self._schedule(handler, database_file.parent.resolve())
+
+    def watch_progress(self, run_id: str, run_dir: Path) -> None:
+        """Wake with the run's id when its progress file changes; one watch per live run."""
+        if run_id in self._progress_watches:
+            return
+        notify = lambda: self.put(Wakeup(Reason.PROGRESS, run_id))  # noqa: E731
+        watch = self._schedule(_NamedFileHandler({PROGRESS_FILE}, notify), run_dir)
+        if watch is not None:
+            self._progress_watches[run_id] = watch
+
+    def unwatch_progress(self, run_id: str) -> None:
+        observer_and_watch = self._progress_watches.pop(run_id, None)
+        if observer_and_watch is not None:
+            observer, watch = observer_and_watch
+            # The folder may be gone already (a deleted run): nothing to stop then.
+            with contextlib.suppress(KeyError, OSError):
+                observer.unschedule(watch)
+
+    def _schedule(
+        self, handler: FileSystemEventHandler, folder: Path
+    ) -> tuple[BaseObserver, ObservedWatch] | None:
+        try:
+            watch = self._observer.schedule(
+                handler, str(folder), recursive=False, event_filter=_CHANGES
+            )
+            return self._observer, watch
+        except OSError as error:
+            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
+                        folder, error)
+        try:
+            return self._polling_observer(), self._polling_observer().schedule(
+                handler, str(folder), recursive=False, event_filter=_CHANGES
+            )
+        except OSError as error:
+            log.warning("action=watch_failed folder=%s error=%s", folder, error)
+            return None
+
+    def _polling_observer(self) -> BaseObserver:
+        if self._polling is None:
+            self._polling = PollingObserver(timeout=0.1)
+            self._polling.daemon = True
+            self._polling.start()
+        return self._polling
 
     def watch_exit(self, key: str, pid: int) -> None:
         """Wake with `key` when process `pid` ends (it need not be our child)."""
@@ -94,9 +142,10 @@ class Wakeups:
             signal.signal(signum, handler)
 
     def close(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=2)
+        for observer in (self._observer, self._polling):
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=2)
         self._exits.close()
 
 

@@ -1,0 +1,56 @@
+"""What the supervisor knows of one run whose processes may still exist."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+from fusion_runner import outcome, process, rundir
+from fusion_runner.progress import Columns, ProgressReader
+
+LOG_TAIL_BYTES = 3072
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"
+    DELETED = "deleted"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass
+class LiveRun:
+    id: str
+    paths: rundir.RunPaths
+    process: process.RunProcess
+    reader: ProgressReader
+    adopted: bool = False  # started by an earlier daemon: not our child to reap
+    stop_reason: StopReason | None = None
+    kill_at: float | None = None
+    killed: bool = False
+    exited: bool = False
+    wait_status: int | None = None
+    progress_pending: Columns = field(default_factory=dict)
+    progress_written_at: float = float("-inf")
+
+    def exit_record(self) -> outcome.ExitRecord | None:
+        try:
+            return outcome.ExitRecord.from_json(self.paths.exit_record.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.paths.log_file, "rb") as log_file:
+                size = log_file.seek(0, os.SEEK_END)
+                # One byte more than kept, so that a cut first line can be told and dropped.
+                log_file.seek(max(size - LOG_TAIL_BYTES - 1, 0))
+                return outcome.tail_text(log_file.read(), LOG_TAIL_BYTES)
+        except OSError:
+            return ""
+
+    def outcome(self) -> outcome.Outcome:
+        """How the run ended, from its exit status; progress only adds to the message."""
+        return outcome.decide(
+            self.exit_record(), self.wait_status, self.reader.progress.last_error, self.log_tail()
+        )
