@@ -6,6 +6,7 @@ nothing is sent when $NOTIFY_SOCKET is unset (not under systemd).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -25,12 +26,12 @@ class Notifier:
     def send(self, message: str) -> None:
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                sock.sendto(message.encode(), self._address)
-            except OSError:
-                # systemd gone or socket full: never a reason to stop serving runs.
-                pass
+        # systemd gone or its socket full: never a reason to stop serving runs.
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            contextlib.suppress(OSError),
+        ):
+            sock.sendto(message.encode(), self._address)
 
     def ready(self) -> None:
         self.send("READY=1")
