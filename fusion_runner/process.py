@@ -30,6 +30,13 @@ class Identity:
     pid: int
     start_time: float
 
+    def is_reused(self) -> bool:
+        """The pid now belongs to another process (a different start time)."""
+        try:
+            return psutil.Process(self.pid).create_time() != self.start_time
+        except psutil.Error:
+            return False
+
     def is_alive(self) -> bool:
         try:
             process = psutil.Process(self.pid)
@@ -48,6 +55,8 @@ class RunProcess:
     shim: Identity
     pgid: int
     descendants: set[Identity] = field(default_factory=set)
+    # False once the shim's pid is seen reused: its group is then a stranger's.
+    owns_group: bool = True
 
     @property
     def pid(self) -> int:
@@ -105,7 +114,8 @@ def _send(pid: int, signum: int, *, group: bool) -> None:
 
 def signal_tree(run: RunProcess, signum: int) -> None:
     """Signal the run's group, then every descendant that left it (setsid, double fork)."""
-    _send(run.pgid, signum, group=True)
+    if run.owns_group:
+        _send(run.pgid, signum, group=True)
     _collect_descendants(run)
     for process in list(run.descendants):
         if process.is_alive():
@@ -133,7 +143,7 @@ def _group_has_live_member(pgid: int) -> bool:
 
 def tree_gone(run: RunProcess) -> bool:
     """True when no process of the run is left that is not a zombie."""
-    if run.shim.is_alive() or _group_has_live_member(run.pgid):
+    if run.shim.is_alive() or (run.owns_group and _group_has_live_member(run.pgid)):
         return False
     return not any(process.is_alive() for process in run.descendants)
 
@@ -157,10 +167,3 @@ def reap(shim_pids: list[int], *, any_child: bool) -> dict[int, int]:
             statuses[reaped] = status
     return statuses
 
-
-def group_of(identity: Identity) -> int | None:
-    """The process group of a live process, None once it is gone."""
-    try:
-        return os.getpgid(identity.pid)
-    except ProcessLookupError:
-        return None

@@ -167,11 +167,12 @@ class Supervisor:
             run = LiveRun(owned.id, paths, process.RunProcess(shim, owned.pgid),
                           _resumed_reader(owned, paths), adopted=True)
             self.live[run.id] = run
-            if shim.is_alive() and process.group_of(shim) == owned.pgid:
+            if shim.is_alive():
                 self._watch(run)
                 log.info("run=%s action=adopted pid=%d", run.id, shim.pid)
             else:
                 run.exited = True
+                run.process.owns_group = not shim.is_reused()
             if owned.status is RunStatus.CANCELLED:
                 self._begin_stop(run, StopReason.CANCELLED, now)
 
@@ -374,8 +375,9 @@ def _resumed_reader(owned: OwnedRun, paths: rundir.RunPaths) -> ProgressReader:
 
 
 def _unrecoverable(run: LiveRun) -> str:
+    reused = "" if run.process.owns_group else " (its pid now belongs to another process)"
     return (f"exit status could not be recovered: process {run.process.pid} ended while "
-            f"no runner watched and left no exit record in {run.paths.exit_record}")
+            f"no runner watched{reused} and left no exit record in {run.paths.exit_record}")
 
 
 def _first_line(text: str) -> str:

@@ -128,6 +128,7 @@ class Daemon:
     root: Path
     settings: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    ready_count: int = 0
 
     @property
     def database(self) -> Path:
@@ -156,15 +157,20 @@ class Daemon:
             argv += [f"--{key}", value]
         return argv
 
-    def start(self) -> Daemon:
+    def start(self, extra_env: dict[str, str] | None = None, wait_ready: bool = True) -> Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_RUNNER_")}
+        env |= extra_env or {}
+        self.ready_count = self.log_text().count("action=ready")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )
-        wait_until(self.database.exists, 10, "the daemon to create its database")
-        wait_until(lambda: "action=ready" in self.log_text(), 10, "the daemon to be ready")
+        if wait_ready:
+            wait_until(
+                lambda: self.log_text().count("action=ready") > self.ready_count,
+                10, "the daemon to be ready",
+            )
         return self
 
     def log_text(self) -> str:

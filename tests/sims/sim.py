@@ -3,7 +3,9 @@
 Keys: exit (code), sleep (seconds, or "forever"), workers (multiprocessing
 workers that sleep forever), ignore_term, setsid_child (a grandchild in its
 own session), signal (kill itself with it), marker (append FUSION_RUN_ID to
-that file), stdout/stderr (a line to print). Every pid it creates is listed in
+that file), stdout/stderr (a line to print), progress (a JSON list of records
+to append to progress.jsonl), burst (that many plain progress records),
+until (wait for that file to exist before going on). Every pid it creates is listed in
 {run_dir}/pids, so tests can check that none is left and clean up by pid.
 """
 
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 
 def record_pid(pid: int) -> None:
@@ -32,6 +35,19 @@ def sleep_forever() -> None:
 def worker(_: int) -> None:
     record_pid(os.getpid())
     sleep_forever()
+
+
+def write_progress(sim: Mapping[str, str]) -> None:
+    records = json.loads(sim.get("progress", "[]"))
+    burst = int(sim.get("burst", "0"))
+    with open(os.environ["FUSION_PROGRESS_FILE"], "a") as progress:
+        for record in records:
+            progress.write(json.dumps(record) + "\n")
+            progress.flush()
+        for n in range(1, burst + 1):
+            record = {"erlang": 100.0 + n // 100, "iteration": n, "total_iterations": burst}
+            progress.write(json.dumps(record) + "\n")
+            progress.flush()
 
 
 def main() -> int:
@@ -58,6 +74,10 @@ def main() -> int:
             start_new_session=True,
         )
         record_pid(child.pid)
+    write_progress(sim)
+    if "until" in sim:
+        while not os.path.exists(sim["until"]):
+            time.sleep(0.01)
     if "signal" in sim:
         os.kill(os.getpid(), getattr(signal, sim["signal"]))
     if "workers" in sim:
