@@ -137,9 +137,8 @@ def test_claimed_but_never_started_run_is_requeued_and_runs_once(
 
 
 def test_sigterm_in_detach_mode_leaves_runs_for_the_next_daemon(
-    daemon: Daemon, client: Client, tmp_path: Path
+    daemon: Daemon, client: Client
 ) -> None:
-    release = tmp_path / "release"
     run_id = client.submit({"sim": {"workers": 2, "sleep": "forever"}})
     row = started(client, run_id)
     pids = run_pids(daemon, run_id, 3)
