@@ -1,0 +1,3 @@
+from fusion_runner.refsim import cli
+
+raise SystemExit(cli.main())
