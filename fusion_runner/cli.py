@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import configparser
-import json
 import logging
 import secrets
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion_runner import config as config_module
-from fusion_runner import rundir
+from fusion_runner import inifile, rundir
 from fusion_runner.errors import ConfigError, InvalidRun, SchemaError, UnknownRun
 from fusion_runner.models import RUNS_COLUMNS
 from fusion_runner.store import Store
@@ -71,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.set_defaults(command=cmd_show)
 
+    demo = commands.add_parser("demo", help="run three small simulations end to end")
+    demo.add_argument("--dir", type=Path, default=Path("data/demo"),
+                      help="folder for the demo's database and runs (default: data/demo)")
+    demo.set_defaults(command=cmd_demo)
+
     cancel = commands.add_parser("cancel", parents=[common], help="cancel pending or running runs")
     cancel.add_argument("ids", nargs="+", metavar="ID")
     cancel.set_defaults(command=cmd_cancel)
@@ -99,12 +102,20 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         store.close()
 
 
+def cmd_demo(args: argparse.Namespace, settings: config_module.Config) -> int:
+    from fusion_runner import demo
+
+    return demo.run_demo(args.dir)
+
+
 # --- client commands ------------------------------------------------------------
 
 
 def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
-    config = read_ini(args.ini)
-    config_json = json.dumps(config)
+    try:
+        config_json = inifile.to_config_json(inifile.read_ini(args.ini))
+    except InvalidRun as error:
+        raise UsageError(str(error)) from None
     try:
         rundir.parse_config_json(config_json)
     except InvalidRun as error:
@@ -120,37 +131,6 @@ def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
         store.close()
     print(run_id)
     return EXIT_OK
-
-
-def read_ini(path: Path) -> dict[str, dict[str, object]]:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    try:
-        with open(path, encoding="utf-8") as ini:
-            parser.read_file(ini)
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
-    except (configparser.Error, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not a valid INI file: {error}") from None
-    return {
-        section: {key: ini_value(value) for key, value in parser.items(section, raw=True)}
-        for section in parser.sections()
-    }
-
-
-def ini_value(text: str) -> object:
-    """The JSON value for an INI string, typed only where it renders back identically."""
-    constants: dict[str, object] = {"True": True, "False": False, "None": None}
-    if text in constants:
-        return constants[text]
-    for number_type in (int, float):
-        try:
-            number = number_type(text)
-        except ValueError:
-            continue
-        if str(number) == text:
-            return number
-    return text
 
 
 def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:

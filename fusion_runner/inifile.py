@@ -1,0 +1,49 @@
+"""INI files <-> the `config_json` object of the runs table."""
+
+from __future__ import annotations
+
+import configparser
+import json
+from pathlib import Path
+
+from fusion_runner.errors import InvalidRun
+
+
+def read_ini(path: Path) -> dict[str, dict[str, object]]:
+    """An INI file as `{section: {key: value}}`; InvalidRun names the file if it is bad."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as ini:
+            parser.read_file(ini)
+    except OSError as error:
+        raise InvalidRun(f"cannot read {path}: {error.strerror}") from None
+    except (configparser.Error, UnicodeDecodeError) as error:
+        raise InvalidRun(f"{path} is not a valid INI file: {_one_line(str(error))}") from None
+    return {
+        section: {key: ini_value(value) for key, value in parser.items(section, raw=True)}
+        for section in parser.sections()
+    }
+
+
+def ini_value(text: str) -> object:
+    """The JSON value for an INI string, typed only where it renders back identically."""
+    constants: dict[str, object] = {"True": True, "False": False, "None": None}
+    if text in constants:
+        return constants[text]
+    for number_type in (int, float):
+        try:
+            number = number_type(text)
+        except ValueError:
+            continue
+        if str(number) == text:
+            return number
+    return text
+
+
+def to_config_json(config: dict[str, dict[str, object]]) -> str:
+    return json.dumps(config)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
