@@ -114,6 +114,10 @@ def _send(pid: int, signum: int, *, group: bool) -> None:
 
 def signal_tree(run: RunProcess, signum: int) -> None:
     """Signal the run's group, then every descendant that left it (setsid, double fork)."""
+    # Checked before every signal: once the shim's pid is another process's,
+    # a group of that number is no longer the run's.
+    if run.owns_group and run.shim.is_reused():
+        run.owns_group = False
     if run.owns_group:
         _send(run.pgid, signum, group=True)
     _collect_descendants(run)

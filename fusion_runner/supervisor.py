@@ -37,6 +37,8 @@ DATABASE_RECHECK_SECONDS = 0.005
 DRAIN_RECHECK_SECONDS = 0.01
 # At most one log line per run this often about skipped progress lines.
 PROBLEM_LOG_SECONDS = 1.0
+# How often at most systemd's STATUS= line is refreshed.
+STATUS_SECONDS = 1.0
 
 
 class Supervisor:
@@ -60,6 +62,7 @@ class Supervisor:
         self._progress_changed: set[str] = set()
         self._next_progress_sweep = 0.0
         self._problems_logged_at: dict[str, float] = {}
+        self._status_due = 0.0
 
     # --- the loop ---------------------------------------------------------
 
@@ -98,7 +101,7 @@ class Supervisor:
                 # every run stays as it is and the next pass tries again.
                 log.error("action=database_error error=%s", _first_line(str(error)))
                 self._wake_by(now + self.config.poll_interval_seconds)
-            self._report_status()
+            self._report_status(now)
             deadlines = [d for d in (self._next_deadline, recheck_at, watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
             if deadlines:
@@ -125,11 +128,14 @@ class Supervisor:
             return now + interval
         return watchdog_at
 
-    def _report_status(self) -> None:
-        if self.notifier.enabled:
-            running = sum(1 for run in self.live.values() if run.stop_reason is None)
-            pending = self.store.count_by_status().get(RunStatus.PENDING, 0)
-            self.notifier.status(f"{running} running, {pending} pending")
+    def _report_status(self, now: float) -> None:
+        # A count query per pass would be most of an idle pass: once a second at most.
+        if not self.notifier.enabled or now < self._status_due:
+            return
+        self._status_due = now + STATUS_SECONDS
+        running = sum(1 for run in self.live.values() if run.stop_reason is None)
+        pending = self.store.count_by_status().get(RunStatus.PENDING, 0)
+        self.notifier.status(f"{running} running, {pending} pending")
 
     def _finished(self) -> bool:
         if not self.stopping:
@@ -256,7 +262,8 @@ class Supervisor:
             run.progress_pending.update(run.reader.poll())
         except OSError as error:
             log.warning("run=%s action=progress_unreadable error=%s", run.id, error)
-        if run.reader.problems and now >= self._problems_logged_at.get(run.id, -1e9) + 1:
+        logged_at = self._problems_logged_at.get(run.id, -PROBLEM_LOG_SECONDS)
+        if run.reader.problems and now >= logged_at + PROBLEM_LOG_SECONDS:
             self._problems_logged_at[run.id] = now
             problems = run.reader.take_problems()
             log.warning("run=%s action=progress_skipped count=%d first=%r",

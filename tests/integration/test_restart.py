@@ -204,3 +204,30 @@ def test_systemd_notifications(daemon_factory: Callable[..., Daemon], tmp_path: 
     # every 0.2 s (half of WATCHDOG_USEC): about five in the first second
     assert 3 <= len(pings) <= 7
     assert texts[-1] == "STOPPING=1"
+
+
+def test_adopted_run_continues_from_its_offset_without_reapplying_old_lines(
+    daemon: Daemon, client: Client, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    run_id = client.submit({"sim": {"until": str(release)}})
+    started(client, run_id)
+    progress = daemon.run_dir(run_id) / "progress.jsonl"
+    old_line = '{"erlang": 300.0, "iteration": 1, "total_iterations": 3}\n'
+    progress.write_text(old_line)
+    wait_until(lambda: client.row(run_id)["current_iteration"] == 1, 10, "first progress")
+
+    kill_daemon(daemon)
+    # Rewrite the already-applied line in place (same size, same file): a
+    # daemon that re-read from the start would now see iteration 8.
+    with open(progress, "r+") as file:
+        file.write(old_line.replace('"iteration": 1', '"iteration": 8'))
+    daemon.start()
+    with open(progress, "a") as file:
+        file.write('{"erlang": 400.0}\n')
+
+    wait_until(lambda: client.row(run_id)["current_erlang"] == 400.0, 10, "adopted progress")
+    assert client.row(run_id)["current_iteration"] == 1
+    release.touch()
+    assert client.wait_final(run_id)["status"] == "COMPLETED"
+    assert client.row(run_id)["current_iteration"] == 1
