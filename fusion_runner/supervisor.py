@@ -277,12 +277,11 @@ class Supervisor:
 
     def _finalise_ended_runs(self, now: float) -> None:
         for run in list(self.live.values()):
-            if not run.exited and run.stop_reason is None:
-                continue
+            if not run.exited:
+                continue  # its shim's end wakes the loop (pidfd)
             if not process.tree_gone(run.process):
                 self._wake_by(now + DRAIN_RECHECK_SECONDS)
                 continue
-            run.exited = True
             # What the simulation said last is in the row before its final status.
             self._poll_progress(run, now)
             if run.progress_pending and run.stop_reason is None:
