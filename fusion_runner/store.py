@@ -7,6 +7,7 @@ client's concurrent change is never overwritten. Hot paths use SQLAlchemy Core.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from typing import Any, cast
 from sqlalchemy import (
     Engine,
     Table,
+    Update,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -39,6 +42,41 @@ claims = cast(Table, RunClaim.__table__)
 # daemon may win some of them.
 CLAIM_CANDIDATES = 8
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+# Hot statements are built once: building a statement costs more than running
+# it on SQLite (~0.2 ms against ~0.05 ms here).
+_OLDEST_PENDING = (
+    select(runs.c.id, runs.c.config_json)
+    .where(runs.c.status == RunStatus.PENDING)
+    .order_by(runs.c.created_at, runs.c.id)
+    .limit(CLAIM_CANDIDATES)
+)
+_STATUSES = select(runs.c.id, runs.c.status).where(
+    runs.c.id.in_(bindparam("ids", expanding=True))
+)
+_SAVE_OFFSET = (
+    update(claims).where(claims.c.run_id == bindparam("claimed_run"))
+    .values(progress_offset=bindparam("offset"))
+)
+_NEVER_CLAIMED = ~select(claims.c.run_id).where(claims.c.run_id == runs.c.id).exists()
+_CANCELLED_PENDING = (
+    (runs.c.status == RunStatus.CANCELLED)
+    & runs.c.completed_at.is_(None)
+    & runs.c.pid.is_(None)
+    & _NEVER_CLAIMED
+)
+_CANCELLED_PENDING_IDS = select(runs.c.id).where(_CANCELLED_PENDING)
+
+
+@functools.lru_cache(maxsize=64)
+def _conditional_update_statement(columns: tuple[str, ...]) -> Update:
+    """UPDATE runs SET <columns> WHERE id = :this_run AND status = :expected."""
+    return (
+        update(runs)
+        .where((runs.c.id == bindparam("this_run")) & (runs.c.status == bindparam("expected")))
+        .values({column: bindparam(f"new_{column}") for column in columns})
+    )
 
 
 def utcnow() -> datetime:
@@ -121,12 +159,7 @@ class Store:
     def claim_next(self, worker_id: str) -> ClaimedRun | None:
         """PENDING -> RUNNING for the oldest run another daemon has not won."""
         with self.engine.connect() as conn:
-            candidates = conn.execute(
-                select(runs.c.id, runs.c.config_json)
-                .where(runs.c.status == RunStatus.PENDING)
-                .order_by(runs.c.created_at, runs.c.id)
-                .limit(CLAIM_CANDIDATES)
-            ).all()
+            candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
             if self._try_claim(candidate.id, worker_id):
                 return ClaimedRun(candidate.id, candidate.config_json)
@@ -172,9 +205,7 @@ class Store:
         """Progress columns of a RUNNING run, and how far its file was read."""
         with self.engine.begin() as conn:
             won = _conditional_update(conn, run_id, RunStatus.RUNNING, **columns)
-            conn.execute(
-                update(claims).where(claims.c.run_id == run_id).values(progress_offset=offset)
-            )
+            conn.execute(_SAVE_OFFSET, {"claimed_run": run_id, "offset": offset})
             return won
 
     def owned_unfinished(self, worker_id: str) -> list[OwnedRun]:
@@ -216,23 +247,18 @@ class Store:
         if not ids:
             return {}
         with self.engine.connect() as conn:
-            rows = conn.execute(select(runs.c.id, runs.c.status).where(runs.c.id.in_(ids)))
+            rows = conn.execute(_STATUSES, {"ids": ids})
             return {row.id: RunStatus(row.status) for row in rows}
 
     def complete_cancelled_pending(self) -> list[str]:
         """Set `completed_at` of runs cancelled before any daemon claimed them."""
-        never_claimed = ~select(claims.c.run_id).where(claims.c.run_id == runs.c.id).exists()
-        waiting = (
-            (runs.c.status == RunStatus.CANCELLED)
-            & runs.c.completed_at.is_(None)
-            & runs.c.pid.is_(None)
-            & never_claimed
-        )
         with self.engine.begin() as conn:
-            ids = list(conn.execute(select(runs.c.id).where(waiting)).scalars())
+            ids = list(conn.execute(_CANCELLED_PENDING_IDS).scalars())
             if ids:
                 conn.execute(
-                    update(runs).where(runs.c.id.in_(ids) & waiting).values(completed_at=utcnow())
+                    update(runs)
+                    .where(runs.c.id.in_(ids) & _CANCELLED_PENDING)
+                    .values(completed_at=utcnow())
                 )
             return ids
 
@@ -277,11 +303,56 @@ class Store:
                 return before, True
         return before, False
 
+    # --- lookups for the command line (ids by prefix, filtered lists, run dir) --
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids that start with `prefix` (case as given), sorted, at most `limit`."""
+        query = (
+            select(runs.c.id)
+            .where(func.substr(runs.c.id, 1, len(prefix)) == prefix)
+            .order_by(runs.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def get_runs(self, run_ids: Iterable[str]) -> dict[str, Row[Any]]:
+        """The rows of those ids that still exist, by id."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            return {row.id: row for row in conn.execute(select(runs).where(runs.c.id.in_(ids)))}
+
+    def select_runs(
+        self, statuses: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[Row[Any]]:
+        """Runs newest first; only those with one of `statuses` when given."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        if statuses is not None:
+            query = query.where(runs.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def count_runs(self, statuses: Iterable[str] | None = None) -> int:
+        query = select(func.count()).select_from(runs)
+        if statuses is not None:
+            query = query.where(runs.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def recorded_run_dir(self, run_id: str) -> str | None:
+        """The run directory the daemon recorded when it spawned the run, if any."""
+        query = select(claims.c.run_dir).where(claims.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return None if value is None else str(value)
+
 
 def _conditional_update(
     conn: Connection, run_id: str, expected: RunStatus, **values: object
 ) -> bool:
-    statement = update(runs).where((runs.c.id == run_id) & (runs.c.status == expected))
-    result = conn.execute(statement.values(**values))
+    statement = _conditional_update_statement(tuple(sorted(values)))
+    parameters = {f"new_{column}": value for column, value in values.items()}
+    result = conn.execute(statement, {"this_run": run_id, "expected": expected, **parameters})
     return bool(result.rowcount == 1)
-

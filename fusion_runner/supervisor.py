@@ -115,9 +115,11 @@ class Supervisor:
             if wakeup.reason is Reason.PROGRESS:
                 self._progress_changed.add(wakeup.key)
             database = database or wakeup.reason is Reason.DATABASE
+        now = self.clock()
         if database:
-            return self.clock() + DATABASE_RECHECK_SECONDS
-        return None if woken else recheck_at
+            return now + DATABASE_RECHECK_SECONDS
+        # A re-check still ahead stays; one that is due is the pass about to run.
+        return recheck_at if recheck_at is not None and recheck_at > now else None
 
     def _ping_watchdog(self, now: float, watchdog_at: float) -> float:
         interval = self.notifier.watchdog_interval
@@ -335,12 +337,12 @@ class Supervisor:
             return
         run = LiveRun(claimed.id, paths, spawned, ProgressReader(paths.progress_file))
         self.live[run.id] = run
-        self._watch(run)
         # RUNNING (claimed) -> RUNNING with pid, pgid, started_at
         recorded = self.store.mark_started(
             run.id, pid=spawned.pid, pgid=spawned.pgid,
             process_start_time=spawned.shim.start_time, run_dir=paths.run_dir,
         )
+        self._watch(run)
         log.info("run=%s action=started pid=%d", run.id, spawned.pid)
         if not recorded:
             # Cancelled or deleted between claim and spawn: stop it now.
