@@ -49,6 +49,8 @@ class Supervisor:
         wakeups: Wakeups | None = None,
         clock: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
+        *,
+        subreaper: bool = True,
     ) -> None:
         self.config = config
         self.store = store
@@ -57,6 +59,7 @@ class Supervisor:
         self.notifier = notifier or Notifier({})
         self.live: dict[str, LiveRun] = {}
         self.stopping = False
+        self._subreaper = subreaper
         self._reap_any_child = False
         self._next_deadline: float | None = None
         self._progress_changed: set[str] = set()
@@ -70,7 +73,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; the daemon's exit status."""
         wakeups = self.wakeups = self.wakeups or Wakeups()
         # Orphans of our runs become ours, so that they are reaped at once.
-        self._reap_any_child = process.set_child_subreaper()
+        self._reap_any_child = self._subreaper and process.set_child_subreaper()
         wakeups.catch_stop_signals(self.stop)
         sqlite_file = sqlite_path(self.config.database_url)
         if sqlite_file is not None:

@@ -1,0 +1,82 @@
+"""The main loop's timing decisions, with a fake clock and fake wake-ups on a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fusion_runner.config import Config
+from fusion_runner.store import Store
+from fusion_runner.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
+from fusion_runner.wakeups import Reason, Wakeup
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedWakeups:
+    """Returns the scripted wake-ups in turn; time passes by each timeout waited."""
+
+    def __init__(self, clock: FakeClock, script: list[list[Wakeup]], stop: Callable[[], None]):
+        self.clock, self.script, self.stop = clock, script, stop
+        self.timeouts: list[float] = []
+
+    def wait(self, timeout: float) -> list[Wakeup]:
+        self.timeouts.append(timeout)
+        if not self.script:
+            self.stop()
+            return []
+        woken = self.script.pop(0)
+        if not woken:
+            self.clock.now += timeout
+        return woken
+
+    def catch_stop_signals(self, on_stop: Callable[[], None]) -> None: ...
+    def watch_database(self, database_file: Path) -> None: ...
+    def watch_exit(self, key: str, pid: int) -> None: ...
+    def watch_progress(self, run_id: str, run_dir: Path) -> None: ...
+    def unwatch_progress(self, run_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def run_loop(tmp_path: Path, script: list[list[Wakeup]]) -> list[float]:
+    config = Config(database_url=f"sqlite:///{tmp_path / 'runs.db'}", runs_dir=tmp_path / "runs",
+                    poll_interval_seconds=1.0, worker_id="unit")
+    store = Store.open(config.database_url)
+    clock = FakeClock()
+    supervisor = Supervisor(config, store, clock=clock, subreaper=False)
+    wakeups = ScriptedWakeups(clock, script, supervisor.stop)
+    supervisor.wakeups = wakeups  # type: ignore[assignment]
+    supervisor.run()
+    store.close()
+    return wakeups.timeouts
+
+
+def test_idle_loop_waits_the_poll_interval(tmp_path: Path) -> None:
+    timeouts = run_loop(tmp_path, [[], [], []])
+
+    assert timeouts[:3] == [1.0, 1.0, 1.0]
+
+
+def test_database_wakeup_is_rechecked_once_then_the_loop_rests(tmp_path: Path) -> None:
+    timeouts = run_loop(tmp_path, [[Wakeup(Reason.DATABASE)], [], [], []])
+
+    assert timeouts[1] == pytest.approx(DATABASE_RECHECK_SECONDS)
+    # After the re-check, back to the fallback poll: never a busy loop.
+    assert timeouts[2:4] == [1.0, 1.0]
+
+
+def test_a_pending_recheck_survives_an_unrelated_wakeup(tmp_path: Path) -> None:
+    script = [[Wakeup(Reason.DATABASE)], [Wakeup(Reason.PROGRESS, "x")], [], []]
+    timeouts = run_loop(tmp_path, script)
+
+    assert timeouts[1] == pytest.approx(DATABASE_RECHECK_SECONDS)
+    assert timeouts[2] == pytest.approx(DATABASE_RECHECK_SECONDS)  # the clock did not move
+    assert timeouts[3] == 1.0
