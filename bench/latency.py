@@ -10,6 +10,7 @@ exit) to the column the daemon commits, using the daemon's own timestamps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -55,18 +56,18 @@ class Bench:
         self.daemon.send_signal(signal.SIGTERM)
         self.daemon.wait(10)
         for (pgid,) in self.db.execute("SELECT pgid FROM runs WHERE pgid IS NOT NULL"):
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
-            except OSError:
-                pass
 
     @staticmethod
-    def wait(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    def wait(condition: Callable[[], object], timeout: float = 10.0, pause: float = 0.01) -> None:
+        """Poll slowly unless told otherwise: where the row carries the daemon's own
+        timestamp, polling fast would only take CPU from what is measured."""
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
                 raise TimeoutError("benchmark step timed out")
-            time.sleep(0.0002)
+            time.sleep(pause)
 
     def submit(self, bench: dict[str, object]) -> tuple[str, float]:
         run_id = os.urandom(6).hex()
@@ -102,16 +103,17 @@ class Bench:
         return epoch(str(self.column(run_id, "completed_at"))) - committed
 
     def exit(self) -> float:
-        at = time.time() + 0.3
-        run_id, _ = self.submit({"mode": "exit_at", "at": at})
+        run_id, _ = self.submit({"mode": "exit_at", "at": time.time() + 0.3})
         self.until_final(run_id)
-        return epoch(str(self.column(run_id, "completed_at"))) - at
+        exited_at = float((self.root / "runs" / run_id / "output" / "exited_at").read_text())
+        return epoch(str(self.column(run_id, "completed_at"))) - exited_at
 
     def progress(self, run_id: str, progress: Path, n: int) -> float:
         with open(progress, "a") as file:
             file.write(json.dumps({"iteration": n}) + "\n")
         written = time.time()
-        self.wait(lambda: self.column(run_id, "current_iteration") == n)
+        # No timestamp in the row for this one: watch closely.
+        self.wait(lambda: self.column(run_id, "current_iteration") == n, pause=0.0002)
         return time.time() - written
 
 
@@ -131,10 +133,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         bench = Bench(Path(folder))
         try:
-            report("PENDING -> spawned, pid recorded", [bench.pickup() for _ in range(args.samples)],
-                   (10, 50))
-            report("CANCELLED -> tree gone, completed_at", [bench.cancel() for _ in range(args.samples)],
-                   (20, 100))
+            samples = [bench.pickup() for _ in range(args.samples)]
+            report("PENDING -> spawned, pid recorded", samples, (10, 50))
+            samples = [bench.cancel() for _ in range(args.samples)]
+            report("CANCELLED -> tree gone, completed_at", samples, (20, 100))
             report("simulation exit -> final status", [bench.exit() for _ in range(args.samples)],
                    (10, 50))
             run_id, _ = bench.submit({"mode": "wait"})

@@ -93,14 +93,34 @@ def spawn(paths: RunPaths, argv: list[str], env: dict[str, str], grace: float) -
     return RunProcess(shim=Identity(pid, start_time), pgid=pid)
 
 
+def _children(pid: int) -> list[int]:
+    pids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                pids.extend(int(child) for child in listing.read().split())
+    except OSError:
+        pass  # gone meanwhile
+    return pids
+
+
 def _collect_descendants(run: RunProcess) -> None:
+    """Remember the run's descendants outside its group: killpg does not reach them.
+
+    Walks /proc/PID/task/TID/children from the shim down, which costs in
+    proportion to the run's tree, not to every process on the machine.
+    """
     if not run.shim.is_alive():
         return
-    try:
-        for child in psutil.Process(run.pid).children(recursive=True):
-            run.descendants.add(Identity(child.pid, child.create_time()))
-    except psutil.Error:
-        pass
+    pending = _children(run.pid)
+    while pending:
+        pid = pending.pop()
+        pending.extend(_children(pid))
+        try:
+            if os.getpgid(pid) != run.pgid:
+                run.descendants.add(Identity(pid, psutil.Process(pid).create_time()))
+        except (OSError, psutil.Error):
+            continue
 
 
 def _send(pid: int, signum: int, *, group: bool) -> None:

@@ -51,7 +51,10 @@ def ignore_stop_signals() -> None:
 
 
 def spawn(command: Sequence[str]) -> int:
-    return os.posix_spawnp(command[0], list(command), dict(os.environ), setsigdef=DEFAULT_SIGNALS)
+    # The simulation starts with default actions and no blocked signal.
+    return os.posix_spawnp(
+        command[0], list(command), dict(os.environ), setsigdef=DEFAULT_SIGNALS, setsigmask=()
+    )
 
 
 def wait_for(sim_pid: int) -> int:
@@ -94,18 +97,28 @@ def signal_leftovers(signum: int) -> None:
             os.kill(pid, signum)
 
 
+def all_reaped_within(seconds: float) -> bool:
+    """Reap children as they end (woken by SIGCHLD, which is blocked for this)."""
+    deadline = time.monotonic() + seconds
+    while reap_any():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        signal.sigtimedwait({signal.SIGCHLD}, remaining)
+    return True
+
+
 def stop_leftovers(grace: float) -> None:
     """TERM what the simulation left behind, KILL it after the grace period."""
     if not reap_any():
         return
     signal_leftovers(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    pause = 0.001
-    while reap_any():
-        if time.monotonic() >= deadline:
-            signal_leftovers(signal.SIGKILL)
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    if all_reaped_within(grace):
+        return
+    while True:
+        signal_leftovers(signal.SIGKILL)
+        if all_reaped_within(0.1):
+            return
 
 
 def write_record(path: str, fields: dict[str, object]) -> None:
@@ -134,6 +147,8 @@ def main(argv: Sequence[str]) -> int:
     os.chdir(args.run_dir)
     become_subreaper()
     ignore_stop_signals()
+    # Held pending so that `sigtimedwait` wakes the moment a leftover ends.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         sim_pid = spawn(args.command)
     except OSError as error:

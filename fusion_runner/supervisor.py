@@ -31,12 +31,15 @@ from fusion_runner.wakeups import Reason, Wakeup, Wakeups
 
 log = logging.getLogger("fusion_runner")
 
-# A database wake-up can come a moment before the commit is visible.
-DATABASE_RECHECK_SECONDS = 0.005
+# A database wake-up comes when the writer appends to the WAL, a moment before
+# its commit is visible (after the writer's fsync, longer when it is
+# descheduled on a busy machine): look again after each of these.
+DATABASE_RECHECK_SECONDS = (0.002, 0.008, 0.03, 0.1)
 # While a stopped run's last processes are being reaped.
 DRAIN_RECHECK_SECONDS = 0.01
 # At most one log line per run this often about skipped progress lines.
 PROBLEM_LOG_SECONDS = 1.0
+SWITCH_INTERVAL_SECONDS = 0.0005
 # How often at most systemd's STATUS= line is refreshed.
 STATUS_SECONDS = 1.0
 
@@ -71,6 +74,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the daemon's exit status."""
+        # The wake-up threads (inotify, pidfds) must get the interpreter soon
+        # while the loop runs a pass: CPython's default hand-over waits 5 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         wakeups = self.wakeups = self.wakeups or Wakeups()
         # Orphans of our runs become ours, so that they are reaped at once.
         self._reap_any_child = self._subreaper and process.set_child_subreaper()
@@ -92,7 +98,7 @@ class Supervisor:
         return 0
 
     def _serve(self, wakeups: Wakeups) -> None:
-        recheck_at: float | None = None
+        rechecks: list[float] = []
         watchdog_at = self.clock()
         while not self._finished():
             now = self.clock()
@@ -105,14 +111,14 @@ class Supervisor:
                 log.error("action=database_error error=%s", _first_line(str(error)))
                 self._wake_by(now + self.config.poll_interval_seconds)
             self._report_status(now)
-            deadlines = [d for d in (self._next_deadline, recheck_at, watchdog_at) if d]
+            deadlines = [d for d in (self._next_deadline, *rechecks[:1], watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
             if deadlines:
                 timeout = min(timeout, max(min(deadlines) - self.clock(), 0.0))
-            recheck_at = self._take(wakeups.wait(timeout), recheck_at)
+            rechecks = self._take(wakeups.wait(timeout), rechecks)
 
-    def _take(self, woken: list[Wakeup], recheck_at: float | None) -> float | None:
-        """Note what the wake-ups say; the database re-check time that follows."""
+    def _take(self, woken: list[Wakeup], rechecks: list[float]) -> list[float]:
+        """Note what the wake-ups say; the database re-check times that follow."""
         database = False
         for wakeup in woken:
             if wakeup.reason is Reason.PROGRESS:
@@ -120,9 +126,9 @@ class Supervisor:
             database = database or wakeup.reason is Reason.DATABASE
         now = self.clock()
         if database:
-            return now + DATABASE_RECHECK_SECONDS
-        # A re-check still ahead stays; one that is due is the pass about to run.
-        return recheck_at if recheck_at is not None and recheck_at > now else None
+            return [now + delay for delay in DATABASE_RECHECK_SECONDS]
+        # Re-checks still ahead stay; one that is due is the pass about to run.
+        return [at for at in rechecks if at > now]
 
     def _ping_watchdog(self, now: float, watchdog_at: float) -> float:
         interval = self.notifier.watchdog_interval

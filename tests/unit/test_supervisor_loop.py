@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,18 +66,20 @@ def test_idle_loop_waits_the_poll_interval(tmp_path: Path) -> None:
     assert timeouts[:3] == [1.0, 1.0, 1.0]
 
 
-def test_database_wakeup_is_rechecked_once_then_the_loop_rests(tmp_path: Path) -> None:
-    timeouts = run_loop(tmp_path, [[Wakeup(Reason.DATABASE)], [], [], []])
+def test_database_wakeup_is_rechecked_then_the_loop_rests(tmp_path: Path) -> None:
+    timeouts = run_loop(tmp_path, [[Wakeup(Reason.DATABASE)], *[[]] * 6])
 
-    assert timeouts[1] == pytest.approx(DATABASE_RECHECK_SECONDS)
-    # After the re-check, back to the fallback poll: never a busy loop.
-    assert timeouts[2:4] == [1.0, 1.0]
+    delays = DATABASE_RECHECK_SECONDS
+    steps = [delays[0]] + [later - earlier for earlier, later in itertools.pairwise(delays)]
+    assert timeouts[1 : 1 + len(delays)] == pytest.approx(steps)
+    # After the re-checks, back to the fallback poll: never a busy loop.
+    assert timeouts[1 + len(delays) : 3 + len(delays)] == [1.0, 1.0]
 
 
 def test_a_pending_recheck_survives_an_unrelated_wakeup(tmp_path: Path) -> None:
     script = [[Wakeup(Reason.DATABASE)], [Wakeup(Reason.PROGRESS, "x")], [], []]
     timeouts = run_loop(tmp_path, script)
 
-    assert timeouts[1] == pytest.approx(DATABASE_RECHECK_SECONDS)
-    assert timeouts[2] == pytest.approx(DATABASE_RECHECK_SECONDS)  # the clock did not move
-    assert timeouts[3] == 1.0
+    first = DATABASE_RECHECK_SECONDS[0]
+    assert timeouts[1] == pytest.approx(first)
+    assert timeouts[2] == pytest.approx(first)  # the clock did not move
