@@ -204,9 +204,10 @@ def test_systemd_notifications(daemon_factory: Callable[..., Daemon], tmp_path: 
     assert "STATUS=0 running, 0 pending" in texts
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
     gaps = sorted(later - earlier for earlier, later in itertools.pairwise(pings))
-    # every 0.2 s: half of WATCHDOG_USEC
+    # every 0.2 s: half of WATCHDOG_USEC (receive times: a busy machine may
+    # deliver two at once, so the typical gap is judged, not the smallest)
     assert 0.15 <= statistics.median(gaps) <= 0.3
-    assert gaps[0] >= 0.1  # never a flood
+    assert len(pings) <= (pings[-1] - pings[0]) / 0.2 + 2  # never a flood
     assert texts[-1] == "STOPPING=1"
 
 
