@@ -3,8 +3,9 @@
 A discrete-event simulation of dynamic connection requests in an elastic optical
 network, configured by FUSION's own INI keys (`settings`), on NSFNet or a single link
 (`topology`), k shortest paths by length and first-fit contiguous spectrum with guard
-slots (`engine`). Erlang points run in a fork-context pool (`sweep`); the parent writes
-SPEC §5 progress events (`events`) and `{output_dir}/{erlang!r}_erlang.json` per point,
-e.g. `300.0_erlang.json` as FUSION names them. Mean blocking and a 95 % Student-t
+slots (`engine`). Erlang points run in forked worker processes (`sweep`), and one that
+dies ends the run at once; the parent writes SPEC §5 progress events (`events`) and
+`{output_dir}/{erlang!r}_erlang.json` per point, e.g. `300.0_erlang.json` as FUSION
+names them. Mean blocking and a 95 % Student-t
 interval over iterations come from `stats`. Entry point and exit statuses: `cli`.
 """

@@ -1,6 +1,7 @@
 """`python -m fusion_runner.refsim --config C --progress-file P --output-dir O`.
 
-Exit status: 0 done; 1 crashed (an `error` event with the traceback); 2 bad
+Exit status: 0 done; 1 crashed, here or in a worker (an `error` event with the
+traceback), or a worker died (an `error` event naming its pid, Erlang and signal); 2 bad
 configuration (an `error` event naming the key, and one line on stderr);
 128 + signal number when stopped by SIGTERM (143) or SIGINT (130).
 """
@@ -59,6 +60,8 @@ def _sweep(args: argparse.Namespace, progress: ProgressFile) -> int:
         return _fail(progress, EXIT_BAD_CONFIG, str(exc), key=exc.key)
     except Terminated as exc:
         return _fail(progress, 128 + exc.signum, str(exc))
+    except sweep.WorkerFailed as exc:  # the worker's traceback, if it had one
+        return _fail(progress, EXIT_CRASHED, str(exc), exc.traceback)
     except Exception as exc:
         return _fail(progress, EXIT_CRASHED, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     return 0

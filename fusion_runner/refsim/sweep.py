@@ -1,9 +1,15 @@
-"""The Erlang sweep: one pool task per Erlang point, results streamed back to the parent.
+"""The Erlang sweep: one forked worker process per Erlang point, at most one per CPU at once.
 
-Workers (fork context, so they inherit the settings, the routes and the queue without
-pickling) put one message per iteration on a single queue; the parent alone writes
-progress events and output files, in the order results arrive. Points running at the
-same time therefore interleave in progress.jsonl; each point's own events stay in order.
+Workers (fork context, so they inherit the settings and the routes without pickling)
+send one message per iteration on their own pipe; the parent alone writes progress
+events and output files, in the order results arrive. Points running at the same time
+therefore interleave in progress.jsonl; each point's own events stay in order.
+
+The parent waits on every worker's pipe and on its sentinel (ready once the process has
+ended) together, so it sees at once a worker that raised (the worker sends a `Failure`)
+and one that ended without finishing its point, killed by the out-of-memory killer say
+(the standard-library Pool would wait forever for it). Either is a `WorkerFailed`: the
+other workers are stopped, then the error is reported.
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import queue
 import random
 import signal
 import time
+import traceback
+from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.pool import AsyncResult
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +34,37 @@ from fusion_runner.refsim.events import ProgressFile
 from fusion_runner.refsim.settings import Settings
 from fusion_runner.refsim.topology import Network
 
-POLL_SECONDS = 0.2  # how often the parent looks for a worker's exception while idle
+# Blocked in the parent while it forks a worker, until the worker has set its own handling.
+WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+STOP_GRACE_SECONDS = 5.0  # after SIGTERM, a worker still alive is killed
 
-# (point index, iteration (0 = the point started), blocked requests, seconds)
-Message = tuple[int, int, int, float]
+# (iteration (0 = the point started), blocked requests, seconds)
+Message = tuple[int, int, float]
 
 
 @dataclass(frozen=True)
+class Failure:
+    """What a worker sends instead of a Message when its point raised."""
+
+    message: str  # `Type: text`
+    traceback: str
+
+
+class WorkerFailed(Exception):
+    """A worker raised (with its traceback) or ended before finishing its point."""
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+@dataclass
 class Worker:
-    """What a pool worker needs, set once per worker by `_init_worker`."""
+    """A running worker process and the parent's end of its pipe."""
 
-    settings: Settings
-    network: Network
-    results: multiprocessing.Queue[Message]
-
-
-_worker: Worker | None = None
+    index: int
+    process: BaseProcess
+    results: Connection
 
 
 def label(erlang: float) -> str:
@@ -49,35 +73,99 @@ def label(erlang: float) -> str:
 
 
 def run(settings: Settings, network: Network, progress: ProgressFile, output_dir: Path) -> None:
-    """Run every Erlang point in a pool; write progress, outputs and the `complete` event."""
+    """Run every Erlang point in worker processes; write progress, outputs and `complete`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     progress.start(len(settings.erlangs), settings.max_iters)
-    context = multiprocessing.get_context("fork")
-    results: multiprocessing.Queue[Message] = context.Queue()
     tally = Tally(settings, progress, output_dir)
-    processes = min(os.cpu_count() or 1, len(settings.erlangs))
-    pool = context.Pool(processes, _init_worker, (Worker(settings, network, results),))
+    running: list[Worker] = []
     try:
-        _collect(pool.map_async(_run_point, range(len(settings.erlangs)), 1), results, tally)
-    except BaseException:
-        pool.terminate()  # a signal or a worker's exception: stop the others before reporting
-        raise
-    pool.close()
-    pool.join()
+        _sweep(settings, network, tally, running)
+    finally:
+        _stop(running)  # a signal or a failed worker: stop the others before reporting
     progress.complete(tally.summary())
 
 
-def _collect(
-    done: AsyncResult[list[None]], results: multiprocessing.Queue[Message], tally: Tally
+def _sweep(settings: Settings, network: Network, tally: Tally, running: list[Worker]) -> None:
+    context = multiprocessing.get_context("fork")
+    waiting = deque(range(len(settings.erlangs)))
+    processes = min(os.cpu_count() or 1, len(settings.erlangs))
+    while waiting or running:
+        while waiting and len(running) < processes:
+            _start(context, settings, network, waiting.popleft(), running)
+        ready = wait(
+            [worker.process.sentinel for worker in running]
+            + [worker.results for worker in running if not worker.results.closed]
+        )
+        for worker in list(running):
+            if worker.results in ready:
+                _receive(worker, tally)
+            if worker.process.sentinel in ready:  # ended: all it sent is in the pipe
+                _receive(worker, tally)
+                worker.process.join()
+                running.remove(worker)
+                worker.results.close()
+                if not tally.done(worker.index):
+                    raise WorkerFailed(_died(worker, settings))
+
+
+def _start(
+    context: ForkContext, settings: Settings, network: Network, index: int, running: list[Worker]
 ) -> None:
-    while not tally.finished():
+    """Fork a worker for point `index` and add it to `running`, with no signal in between."""
+    results, writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_run_point,
+        args=(settings, network, index, writer),
+        name=f"refsim {label(settings.erlangs[index])} Erlang",
+        daemon=True,
+    )
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    try:
+        process.start()
+        running.append(Worker(index, process, results))
+    finally:
+        writer.close()  # the worker's alone now: its pipe reads as ended when it ends
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _receive(worker: Worker, tally: Tally) -> None:
+    """Record every message waiting on the worker's pipe; raise its Failure."""
+    results = worker.results
+    try:
+        while not results.closed and results.poll():
+            message: Message | Failure = results.recv()
+            if isinstance(message, Failure):
+                raise WorkerFailed(message.message, message.traceback)
+            tally.record(worker.index, *message)
+    except EOFError:
+        results.close()
+
+
+def _died(worker: Worker, settings: Settings) -> str:
+    code = worker.process.exitcode or 0
+    if code < 0:
         try:
-            message = results.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if done.ready():
-                done.get()  # re-raises a worker's exception; on success messages are in flight
-            continue
-        tally.record(*message)
+            how = f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    else:
+        how = f"exit status {code}"
+    erlang = label(settings.erlangs[worker.index])
+    return f"worker process {worker.process.pid} for {erlang} Erlang died ({how})"
+
+
+def _stop(running: list[Worker]) -> None:
+    """End every worker still running (SIGTERM, then SIGKILL after the grace) and reap it."""
+    for worker in running:
+        worker.process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in running:
+        worker.process.join(max(deadline - time.monotonic(), 0.0))
+        if worker.process.exitcode is None:
+            worker.process.kill()
+            worker.process.join()
+        worker.results.close()
+    running.clear()
 
 
 @dataclass
@@ -92,8 +180,9 @@ class Tally:
     seconds: float = 0.0
     began: float = field(default_factory=time.perf_counter)
 
-    def finished(self) -> bool:
-        return len(self.means) == len(self.settings.erlangs)
+    def done(self, index: int) -> bool:
+        """Whether point `index` has all its iterations."""
+        return len(self.blocked.get(index, ())) == self.settings.max_iters
 
     def record(self, index: int, iteration: int, blocked: int, seconds: float) -> None:
         erlang, total = self.settings.erlangs[index], self.settings.max_iters
@@ -144,22 +233,18 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
     os.replace(partial, path)
 
 
-def _init_worker(worker: Worker) -> None:
-    """Runs in each new worker: the parent's signal handlers are not the worker's."""
-    global _worker
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() must simply end it
+def _run_point(settings: Settings, network: Network, index: int, results: Connection) -> None:
+    """In the worker: one Erlang point, all its iterations on one Random(seed + index)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() simply ends us
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends us
-    _worker = worker
-
-
-def _run_point(index: int) -> None:
-    """One Erlang point, all its iterations on one Random(seed + index)."""
-    if _worker is None:
-        raise RuntimeError("refsim worker not initialised")
-    settings, results = _worker.settings, _worker.results
-    erlang, rng = settings.erlangs[index], random.Random(settings.seed + index)
-    results.put((index, 0, 0, 0.0))
-    for iteration in range(1, settings.max_iters + 1):
-        began = time.perf_counter()
-        blocked = engine.blocked_requests(settings, _worker.network, erlang, rng)
-        results.put((index, iteration, blocked, time.perf_counter() - began))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+    try:
+        erlang, rng = settings.erlangs[index], random.Random(settings.seed + index)
+        results.send((0, 0, 0.0))
+        for iteration in range(1, settings.max_iters + 1):
+            began = time.perf_counter()
+            blocked = engine.blocked_requests(settings, network, erlang, rng)
+            results.send((iteration, blocked, time.perf_counter() - began))
+    except Exception as exc:
+        message = "".join(traceback.format_exception_only(exc)).strip()
+        results.send(Failure(message, traceback.format_exc()))

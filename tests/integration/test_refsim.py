@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,3 +294,76 @@ def test_a_worker_crash_ends_the_run_with_its_traceback(
     last = sim.events()[-1]
     assert (last["type"], last["message"]) == ("error", "ZeroDivisionError: broken engine")
     assert "broken engine" in last["traceback"]
+
+
+def test_a_killed_worker_ends_the_run_at_once_with_exit_1(sim_factory: SimFactory) -> None:
+    """The out-of-memory killer's SIGKILL: the standard-library Pool would wait forever."""
+    sim = sim_factory({"general_settings.num_requests": "100000000"})  # runs for minutes
+    process = sim.start()
+    workers_expected = min(os.cpu_count() or 1, 2)
+    workers: list[psutil.Process] = []
+    try:
+        wait_until(lambda: started_points(sim) == workers_expected, 10, "the workers to start")
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert len(workers) == workers_expected
+        victim = workers[-1]
+
+        victim.kill()
+        began = time.monotonic()
+        code, stderr = sim.finish(timeout=10)
+
+        assert (code, time.monotonic() - began < 3.0) == (1, True)
+        last = sim.events()[-1]
+        assert last["type"] == "error"
+        died = rf"worker process {victim.pid} for (300|400)\.0 Erlang died"
+        assert re.fullmatch(died + r" \(killed by signal SIGKILL\)", last["message"]), last
+
+        assert stderr == f"refsim: {last['message']}\n"
+        assert "complete" not in [event["type"] for event in sim.events()]
+        wait_until(lambda: not any(alive(worker.pid) for worker in workers), 5, "workers to end")
+    finally:
+        for worker in workers:
+            kill_quietly(worker.pid)
+
+
+def in_process(sim: Sim) -> int:
+    """cli.main in this process, so that the forked workers inherit a monkeypatched engine."""
+    argv = ["--config", str(sim.config), "--progress-file", str(sim.progress)]
+    return cli.main([*argv, "--output-dir", str(sim.output)])
+
+
+def test_a_worker_that_exits_without_reporting_ends_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def vanish(*_: object) -> int:
+        os._exit(3)
+
+    monkeypatch.setattr(engine, "blocked_requests", vanish)
+    sim = Sim(tmp_path, {})
+
+    assert in_process(sim) == 1
+    last = sim.events()[-1]
+    assert last["type"] == "error"
+    assert re.fullmatch(
+        r"worker process \d+ for (300|400)\.0 Erlang died \(exit status 3\)", last["message"]
+    ), last["message"]
+    assert multiprocessing.active_children() == []
+
+
+def test_points_beyond_the_cpus_wait_for_a_free_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    sim = Sim(tmp_path, {"general_settings.erlang_stop": "500"})
+
+    assert in_process(sim) == 0
+    events = sim.events()
+    one_at_a_time = [
+        (erlang, kind)
+        for erlang in (300.0, 400.0, 500.0)
+        for kind in ("erlang_start", "iteration", "iteration", "erlang_complete")
+    ]
+    assert [(event["erlang"], event["type"]) for event in events[1:-1]] == one_at_a_time
+    assert events[-1]["type"] == "complete"
+    assert sorted(events[-1]["summary"]["mean_blocking"]) == ["300.0", "400.0", "500.0"]
+    assert multiprocessing.active_children() == []
