@@ -1,28 +1,32 @@
-"""The `fusion-runner` command: the daemon and the client commands (SPEC §9)."""
+"""The `fusion-runner` command: the daemon and the client commands (SPEC §9).
+
+Exit status: 0 on success; 1 on failure, an unknown or ambiguous id and a
+database error included; 2 on bad usage or configuration; 130 after Ctrl-C.
+An error is one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import secrets
+import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from fusion_runner import commands
 from fusion_runner import config as config_module
-from fusion_runner import inifile, rundir
-from fusion_runner.errors import ConfigError, InvalidRun, SchemaError, UnknownRun
-from fusion_runner.models import RUNS_COLUMNS
+from fusion_runner import show as show_module
+from fusion_runner.client import MIN_PREFIX, UsageError
+from fusion_runner.errors import ConfigError, SchemaError, UnknownRun
 from fusion_runner.store import Store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 Command = Callable[[argparse.Namespace, config_module.Config], int]
-
-
-class UsageError(Exception):
-    """A command was given something it cannot use (exit status 2)."""
+ID_HELP = f"a run id, or any unique prefix of at least {MIN_PREFIX} characters"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,51 +37,109 @@ def main(argv: Sequence[str] | None = None) -> int:
         command: Command = args.command
         return command(args, settings)
     except (ConfigError, SchemaError, UsageError) as error:
-        print(f"fusion-runner: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(str(error), EXIT_USAGE)
     except UnknownRun as error:
-        print(f"fusion-runner: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(str(error), EXIT_FAILURE)
+    except (SQLAlchemyError, OSError) as error:
+        if args.command is cmd_daemon:
+            raise  # the daemon's own failures keep their traceback for the journal
+        return client_failure(error)
     except KeyboardInterrupt:
         return 130
 
 
+def fail(message: str, status: int) -> int:
+    print(f"fusion-runner: {one_line(message)}", file=sys.stderr)
+    return status
+
+
+def client_failure(error: SQLAlchemyError | OSError) -> int:
+    if isinstance(error, BrokenPipeError):
+        # The reader went away (`ls | head`): nothing is left to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
+    if isinstance(error, SQLAlchemyError):
+        cause = getattr(error, "orig", None) or error
+        return fail(f"database error: {cause}", EXIT_FAILURE)
+    return fail(str(error), EXIT_FAILURE)
+
+
+def one_line(text: str) -> str:
+    """The message on one line, without SQLAlchemy's pointer to its error pages."""
+    lines = [line for line in text.splitlines() if not line.startswith("(Background on ")]
+    return " ".join(" ".join(lines).split())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with bad usage said in one line instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     config_module.add_arguments(common)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fusion-runner", description="Run FUSION simulations from the runs table."
     )
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    daemon = commands.add_parser(
-        "daemon", parents=[common], help="run the daemon in the foreground"
-    )
-    daemon.set_defaults(command=cmd_daemon)
+    def command(name: str, run: Command, text: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(command=run)
+        return sub
 
-    submit = commands.add_parser("submit", parents=[common], help="queue a run from an INI file")
+    command("daemon", cmd_daemon, "run the daemon in the foreground")
+
+    submit = command("submit", commands.cmd_submit, "queue a run from an INI file; print its id")
     submit.add_argument("ini", metavar="CONFIG.ini", type=Path)
     submit.add_argument("--name", help="display name (default: the file's stem)")
     submit.add_argument("--template", help="template name (default: the file's name)")
-    submit.set_defaults(command=cmd_submit)
+    submit.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="set or override one value of the INI file (repeatable)")
+    submit.add_argument("--json", action="store_true", help='print {"id": ...}')
 
-    ls = commands.add_parser("ls", parents=[common], help="list runs, newest first")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
-    ls.set_defaults(command=cmd_ls)
+    ls = command("ls", commands.cmd_ls, "list runs, newest first")
+    ls.add_argument("--status", action="append", type=commands.status_list, metavar="S",
+                    help="only runs with this status (repeatable, or S1,S2)")
+    ls.add_argument("--limit", type=non_negative, default=50, metavar="N",
+                    help="at most N runs (default 50; 0 for all)")
+    ls.add_argument("--json", action="store_true", help="a JSON list of rows")
 
-    show = commands.add_parser("show", parents=[common], help="every column of one run")
-    show.add_argument("id")
-    show.set_defaults(command=cmd_show)
+    show = command("show", show_module.cmd_show,
+                   "every column of a run, its directory, exit record and log's end")
+    show.add_argument("id", metavar="ID", help=ID_HELP)
+    show.add_argument("--json", action="store_true", help="a JSON object")
 
-    demo = commands.add_parser("demo", help="run three small simulations end to end")
+    logs = command("logs", commands.cmd_logs, "print a run's sim.log")
+    logs.add_argument("id", metavar="ID", help=ID_HELP)
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing as it grows, until the run ends")
+
+    cancel = command("cancel", commands.cmd_cancel, "cancel pending or running runs")
+    cancel.add_argument("ids", nargs="+", metavar="ID", help=ID_HELP)
+
+    watch = command("watch", commands.cmd_watch,
+                    "live progress bars until the runs end (exit 0 if all COMPLETED)")
+    watch.add_argument("ids", nargs="*", metavar="ID",
+                       help=f"{ID_HELP} (default: every active run)")
+
+    demo = subparsers.add_parser("demo", help="run three small simulations end to end")
     demo.add_argument("--dir", type=Path, default=Path("data/demo"),
                       help="folder for the demo's database and runs (default: data/demo)")
     demo.set_defaults(command=cmd_demo)
-
-    cancel = commands.add_parser("cancel", parents=[common], help="cancel pending or running runs")
-    cancel.add_argument("ids", nargs="+", metavar="ID")
-    cancel.set_defaults(command=cmd_cancel)
     return parser
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
 
 
 # --- daemon -------------------------------------------------------------------
@@ -106,88 +168,3 @@ def cmd_demo(args: argparse.Namespace, settings: config_module.Config) -> int:
     from fusion_runner import demo
 
     return demo.run_demo(args.dir)
-
-
-# --- client commands ------------------------------------------------------------
-
-
-def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
-    try:
-        config_json = inifile.to_config_json(inifile.read_ini(args.ini))
-    except InvalidRun as error:
-        raise UsageError(str(error)) from None
-    try:
-        rundir.parse_config_json(config_json)
-    except InvalidRun as error:
-        raise UsageError(f"{args.ini}: {error}") from None
-    run_id = secrets.token_hex(6)
-    store = Store.open(settings.database_url)
-    try:
-        store.insert_run(
-            run_id, name=args.name or args.ini.stem, config_json=config_json,
-            template=args.template or args.ini.name,
-        )
-    finally:
-        store.close()
-    print(run_id)
-    return EXIT_OK
-
-
-def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
-    store = Store.open(settings.database_url)
-    try:
-        rows = store.list_runs(limit=args.limit)
-    finally:
-        store.close()
-    print(f"{'ID':<12}  {'STATUS':<9}  {'PROGRESS':<16}  {'CREATED':<19}  NAME")
-    for row in rows:
-        print(f"{row.id:<12}  {row.status:<9}  {progress_text(row):<16}  "
-              f"{format_time(row.created_at):<19}  {row.name or ''}")
-    return EXIT_OK
-
-
-def progress_text(row: Any) -> str:
-    parts = []
-    if row.current_erlang is not None:
-        parts.append(f"E {row.current_erlang:g}")
-    if row.current_iteration is not None:
-        total = f"/{row.total_iterations}" if row.total_iterations is not None else ""
-        parts.append(f"it {row.current_iteration}{total}")
-    return " ".join(parts) or "-"
-
-
-def format_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
-
-
-def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
-    store = Store.open(settings.database_url)
-    try:
-        row = store.get_run(args.id)
-    finally:
-        store.close()
-    if row is None:
-        raise UnknownRun(f"no run with id {args.id!r}")
-    for column in RUNS_COLUMNS:
-        value = getattr(row, column)
-        print(f"{column:<17} {'' if value is None else value}")
-    print(f"{'run_dir':<17} {settings.runs_dir.resolve() / row.id}")
-    return EXIT_OK
-
-
-def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
-    store = Store.open(settings.database_url)
-    status = EXIT_OK
-    try:
-        for run_id in args.ids:
-            before, changed = store.cancel(run_id)
-            if before is None:
-                print(f"{run_id}: no such run", file=sys.stderr)
-                status = EXIT_FAILURE
-            elif changed:
-                print(f"{run_id}: {before} -> CANCELLED")
-            else:
-                print(f"{run_id}: already {before}, nothing changed")
-    finally:
-        store.close()
-    return status

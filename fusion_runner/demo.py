@@ -21,7 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from fusion_runner import inifile, view
+from rich.console import Console
+
+from fusion_runner import inifile, watch
 from fusion_runner.store import Store
 
 DEADLINE_SECONDS = 120.0
@@ -99,51 +101,26 @@ def _submit(store: Store, name: str, overrides: dict[str, object]) -> str:
 
 
 def _follow(store: Store, ids: list[str], out: TextIO) -> list[Any]:
-    """Redraw the runs' lines until every run is final; cancel the last one partway."""
-    screen = _Screen(out)
+    """Draw the runs as `watch` does until every one has ended; cancel the last partway."""
     deadline = time.monotonic() + DEADLINE_SECONDS
     cancel_sent = False
-    while True:
-        rows = [store.get_run(run_id) for run_id in ids]
-        screen.draw([view.progress_line(row, _utcnow()) for row in rows if row is not None])
-        last = rows[-1]
-        if not cancel_sent and last is not None and (last.current_iteration or 0) >= 1:
-            store.cancel(last.id)
-            cancel_sent = True
-            screen.note(f"cancelled {last.id} ({last.name}) partway")
-        if all(row is not None and row.completed_at is not None for row in rows):
-            return rows
-        if time.monotonic() > deadline:
-            screen.note("the demo took too long; stopping")
-            return rows
-        time.sleep(REFRESH_SECONDS)
-
-
-class _Screen:
-    """Redraws lines in place on a terminal; elsewhere prints a line when it changes."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.drawn: list[str] = []
-
-    def draw(self, lines: list[str]) -> None:
-        if self.tty:
-            if self.drawn:
-                self.out.write(f"\x1b[{len(self.drawn)}F")
-            self.out.write("".join(f"{line}\x1b[K\n" for line in lines))
-        else:
-            shown = {line.rsplit("  ", 1)[0] for line in self.drawn}
-            for line in lines:
-                if line.rsplit("  ", 1)[0] not in shown:
-                    self.out.write(line + "\n")
-        self.out.flush()
-        self.drawn = lines
-
-    def note(self, text: str) -> None:
-        if self.tty:
-            self.drawn = []
-        self.out.write(f"-- {text}\n")
+    followed = watch.Watch(store, ids)
+    with watch.Display(Console(file=out, highlight=False)) as display:
+        while True:
+            followed.poll()
+            display.update(followed.shown(), _utcnow())
+            last = followed.rows.get(ids[-1])
+            if not cancel_sent and last is not None and (last.current_iteration or 0) >= 1:
+                store.cancel(last.id)
+                cancel_sent = True
+                display.note(f"-- cancelled {last.id} ({last.name}) partway")
+            if followed.ended():
+                break
+            if time.monotonic() > deadline:
+                display.note("-- the demo took too long; stopping")
+                break
+            time.sleep(REFRESH_SECONDS)
+    return [store.get_run(run_id) for run_id in ids]
 
 
 def _print_outcomes(rows: list[Any], runs_dir: Path, out: TextIO) -> None:
