@@ -43,7 +43,7 @@ class Bench:
         self.database = root / "runs.db"
         argv = [sys.executable, "-m", "fusion_runner", "daemon",
                 "--database-url", f"sqlite:///{self.database}", "--runs-dir", str(root / "runs"),
-                "--sim-command", f"{{python}} -S {SIM}", "--max-concurrent-runs", "4",
+                "--sim-command", f"{{python}} -S {SIM}", "--max-concurrent-runs", "10",
                 "--worker-id", "bench", "--stop-grace-seconds", "5"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_RUNNER_")}
         self.log = open(root / "daemon.log", "wb")  # noqa: SIM115
@@ -117,6 +117,38 @@ class Bench:
         return time.time() - written
 
 
+def stream_load(bench: Bench, runs: int, rate: float, seconds: float) -> None:
+    """`runs` simulations each appending `rate` lines a second: the daemon's CPU and lag."""
+    ids = [bench.submit({"mode": "stream", "rate": rate, "seconds": seconds})[0]
+           for _ in range(runs)]
+    bench.wait(lambda: all(bench.column(run_id, "pid") for run_id in ids))
+    files = [bench.root / "runs" / run_id / "progress.jsonl" for run_id in ids]
+    daemon = psutil.Process(bench.daemon.pid)
+    lags: list[float] = []
+    before, measured_from = sum(daemon.cpu_times()[:2]), time.time()
+    deadline = measured_from + seconds - 0.5
+    while time.time() < deadline:
+        time.sleep(0.25)
+        # lines in the file that the row does not show yet, in seconds of writing
+        behind = [_lines(path) - int(str(bench.column(run_id, "current_iteration") or 0))
+                  for run_id, path in zip(ids, files, strict=True)]
+        lags.append(max(behind) / rate)
+    cpu = (sum(daemon.cpu_times()[:2]) - before) / (time.time() - measured_from) * 100
+    for run_id in ids:
+        bench.until_final(run_id)
+    half = len(lags) // 2
+    print(f"{runs} runs x {rate:g} lines/s: daemon {cpu:.1f} % of one core (target <= 30 %); "
+          f"lag {max(lags[:half]) * 1000:.0f} ms in the first half, "
+          f"{max(lags[half:]) * 1000:.0f} ms in the second (should not grow)")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 def report(name: str, samples: list[float], target: tuple[float, float]) -> None:
     ms = sorted(sample * 1000 for sample in samples)
     p50 = statistics.median(ms)
@@ -147,6 +179,7 @@ def main() -> int:
                 samples.append(bench.progress(run_id, progress, n))
                 time.sleep(0.06)  # past the coalescing interval: each line is a leading edge
             report("progress line -> column committed", samples, (5, 50))
+            stream_load(bench, runs=10, rate=1000, seconds=6)
             idle = psutil.Process(bench.daemon.pid)
             bench.db.execute("UPDATE runs SET status = 'CANCELLED' WHERE id = ?", (run_id,))
             bench.until_final(run_id)

@@ -2,6 +2,7 @@
 
 mode = exit_at   -> sleep until the wall-clock time `at`, then exit 0 at once
 mode = workers   -> start `workers` multiprocessing workers and wait; SIGTERM ends it
+mode = stream    -> append `rate` progress lines a second for `seconds`, then exit 0
 mode = wait      -> wait; SIGTERM ends it
 """
 
@@ -19,6 +20,19 @@ def idle(_: int) -> None:
         time.sleep(3600)
 
 
+def stream(rate: float, seconds: float) -> int:
+    """Lines at a steady rate; each says when it was due, so lag can be measured."""
+    start = time.time()
+    total = int(rate * seconds)
+    with open(os.environ["FUSION_PROGRESS_FILE"], "a") as progress:
+        for n in range(1, total + 1):
+            due = start + n / rate
+            time.sleep(max(due - time.time(), 0))
+            progress.write(f'{{"iteration": {n}, "total_iterations": {total}}}\n')
+            progress.flush()
+    return 0
+
+
 def main() -> int:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(os.environ["FUSION_CONFIG_FILE"])
@@ -31,6 +45,8 @@ def main() -> int:
         with open(os.path.join(os.environ["FUSION_OUTPUT_DIR"], "exited_at"), "w") as note:
             note.write(repr(time.time()))
         os._exit(0)
+    if mode == "stream":
+        return stream(float(bench["rate"]), float(bench["seconds"]))
     if mode == "workers":
         pool = multiprocessing.get_context("fork").Pool(int(bench.get("workers", "4")))
         pool.map_async(idle, range(int(bench.get("workers", "4"))))

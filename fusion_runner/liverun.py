@@ -30,6 +30,7 @@ class LiveRun:
     killed: bool = False
     exited: bool = False
     wait_status: int | None = None
+    progress_unread: bool = False  # the file changed since it was last read
     progress_pending: Columns = field(default_factory=dict)
     progress_written_at: float = float("-inf")
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from fusion_runner import config as config_module
 from fusion_runner.errors import ConfigError, SchemaError
@@ -122,7 +123,9 @@ def make_engine(database_url: str) -> Engine:
         except OSError as error:
             folder = sqlite_file.parent
             raise ConfigError(f"database_url: cannot create {folder}: {error}") from None
-        engine = create_engine(f"sqlite:///{sqlite_file}")
+        # One connection for the whole process: then SQLite's data_version
+        # changes only when another process commits (see `changed_by_others`).
+        engine = create_engine(f"sqlite:///{sqlite_file}", poolclass=StaticPool)
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     return create_engine(config_module.sqlalchemy_url(database_url), pool_pre_ping=True)
@@ -131,6 +134,8 @@ def make_engine(database_url: str) -> Engine:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        self._data_version: int | None = None
 
     @classmethod
     def open(cls, database_url: str) -> Store:
@@ -155,6 +160,21 @@ class Store:
             raise ConfigError(f"database_url: cannot open the database: {error}") from None
 
     # --- the daemon's verbs -------------------------------------------------
+
+    def changed_by_others(self) -> bool:
+        """Whether anyone else may have committed since the last call.
+
+        On SQLite this is exact and costs a few microseconds (PRAGMA
+        data_version ignores our own commits), so a wake-up caused by the
+        daemon's own progress writes costs no queries. Elsewhere: always True.
+        """
+        if not self._is_sqlite:
+            return True
+        with self.engine.connect() as conn:
+            version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     def claim_next(self, worker_id: str) -> ClaimedRun | None:
         """PENDING -> RUNNING for the oldest run another daemon has not won."""

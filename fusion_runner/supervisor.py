@@ -69,6 +69,7 @@ class Supervisor:
         self._next_progress_sweep = 0.0
         self._problems_logged_at: dict[str, float] = {}
         self._status_due = 0.0
+        self._capacity_freed = True
 
     # --- the loop ---------------------------------------------------------
 
@@ -104,7 +105,7 @@ class Supervisor:
             now = self.clock()
             watchdog_at = self._ping_watchdog(now, watchdog_at)
             try:
-                self.step(now)
+                self.step(now, database_changed=self.store.changed_by_others())
             except SQLAlchemyError as error:
                 # A locked or unreachable database must not end the daemon:
                 # every run stays as it is and the next pass tries again.
@@ -157,18 +158,26 @@ class Supervisor:
         """Stop claiming; called from a signal handler, so it only sets a flag."""
         self.stopping = True
 
-    def step(self, now: float) -> None:
-        """One pass over every run; `now` is the monotonic clock."""
+    def step(self, now: float, *, database_changed: bool = True) -> None:
+        """One pass over every run; `now` is the monotonic clock.
+
+        Without `database_changed` (nobody else committed since the last pass)
+        the passes that only serve progress and exits run no queries for
+        clients' changes, which cannot have happened.
+        """
         self._next_deadline = None
         self._reap()
-        self._notice_cancels_and_deletions(now)
+        if database_changed:
+            self._notice_cancels_and_deletions(now)
         if self.stopping and self.config.on_shutdown == "terminate":
             self._stop_all_for_shutdown(now)
         self._escalate_kills(now)
         self._read_progress(now)
         self._finalise_ended_runs(now)
-        self.store.complete_cancelled_pending()
-        if not self.stopping:
+        if database_changed:
+            self.store.complete_cancelled_pending()
+        if not self.stopping and (database_changed or self._capacity_freed):
+            self._capacity_freed = False
             self._claim_and_spawn(now)
 
     # --- restart: what an earlier daemon with our worker id left -------------
@@ -258,17 +267,24 @@ class Supervisor:
         if sweep:
             self._next_progress_sweep = now + self.config.poll_interval_seconds
         for run in self.live.values():
-            if sweep or run.id in self._progress_changed:
+            run.progress_unread |= sweep or run.id in self._progress_changed
+            if not (run.progress_unread or run.progress_pending):
+                continue
+            # Read when a write may follow: a burst costs one read per interval.
+            due = run.progress_written_at + self.config.progress_interval_seconds
+            if now < due:
+                self._wake_by(due)
+                continue
+            if run.progress_unread:
+                run.progress_unread = False
                 self._poll_progress(run, now)
             if run.progress_pending:
-                due = run.progress_written_at + self.config.progress_interval_seconds
-                if now >= due:
-                    self._write_progress(run, now)
-                else:
-                    self._wake_by(due)
+                self._write_progress(run, now)
         self._progress_changed.clear()
 
     def _poll_progress(self, run: LiveRun, now: float) -> None:
+        if self.wakeups is not None:
+            self.wakeups.rearm_progress(run.id)
         try:
             run.progress_pending.update(run.reader.poll())
         except OSError as error:
@@ -362,6 +378,7 @@ class Supervisor:
         self.store.transition(run_id, RunStatus.RUNNING, RunStatus.FAILED,
                               error_message=message, completed_at=utcnow())
         log.error("run=%s action=failed reason=%s", run_id, message)
+        self._capacity_freed = True
 
     def _watch(self, run: LiveRun) -> None:
         if self.wakeups is not None:
@@ -370,6 +387,7 @@ class Supervisor:
 
     def _forget(self, run: LiveRun) -> None:
         del self.live[run.id]
+        self._capacity_freed = True
         self._problems_logged_at.pop(run.id, None)
         if self.wakeups is not None:
             self.wakeups.unwatch_progress(run.id)

@@ -1,8 +1,9 @@
 """Everything that wakes the main loop, funnelled into one queue.
 
-Producers (watchdog's thread, the exit watcher thread, signal handlers) only
-put a `Wakeup` on the queue; the supervisor alone acts on it. The queue is a
-`SimpleQueue`, whose `put` is reentrant and so safe inside a signal handler.
+Producers (watchdog's thread for the database file, one watcher thread for
+pidfds and progress files, signal handlers) only put a `Wakeup` on the queue;
+the supervisor alone acts on it. The queue is a `SimpleQueue`, whose `put` is
+reentrant and so safe inside a signal handler.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
+from fusion_runner import inotify
+
 log = logging.getLogger("fusion_runner")
 PROGRESS_FILE = "progress.jsonl"
 _CHANGES = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent]
@@ -62,8 +65,12 @@ class Wakeups:
         self._observer.start()
         # Used only for folders inotify cannot watch (watch limit, file system).
         self._polling: BaseObserver | None = None
-        self._progress_watches: dict[str, tuple[BaseObserver, ObservedWatch]] = {}
+        self._polled: dict[str, ObservedWatch] = {}
         self._exits = ExitWatcher(lambda key: self.put(Wakeup(Reason.EXIT, key)))
+        self._progress = ProgressWatches(lambda key: self.put(Wakeup(Reason.PROGRESS, key)))
+        progress_fd = self._progress.fileno()
+        if progress_fd is not None:
+            self._exits.add_reader(progress_fd, self._progress.on_readable)
 
     def put(self, wakeup: Wakeup) -> None:
         self._queue.put(wakeup)
@@ -88,39 +95,46 @@ class Wakeups:
 
     def watch_progress(self, run_id: str, run_dir: Path) -> None:
         """Wake with the run's id when its progress file changes; one watch per live run."""
-        if run_id in self._progress_watches:
+        try:
+            self._progress.watch(run_id, run_dir)
             return
-        notify = lambda: self.put(Wakeup(Reason.PROGRESS, run_id))  # noqa: E731
-        watch = self._schedule(_NamedFileHandler({PROGRESS_FILE}, notify), run_dir)
-        if watch is not None:
-            self._progress_watches[run_id] = watch
+        except OSError as error:
+            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
+                        run_dir, error)
+        handler = _NamedFileHandler({PROGRESS_FILE}, lambda: self._progress.notify(run_id))
+        try:
+            self._polled[run_id] = self._polling_observer().schedule(
+                handler, str(run_dir), recursive=False, event_filter=_CHANGES
+            )
+            self._progress.watch_by_flag(run_id)
+        except OSError as error:
+            log.warning("action=watch_failed folder=%s error=%s", run_dir, error)
+
+    def rearm_progress(self, run_id: str) -> None:
+        """Call right before reading a run's progress file: its next change wakes us."""
+        self._progress.arm(run_id)
 
     def unwatch_progress(self, run_id: str) -> None:
-        observer_and_watch = self._progress_watches.pop(run_id, None)
-        if observer_and_watch is not None:
-            observer, watch = observer_and_watch
+        self._progress.unwatch(run_id)
+        watch = self._polled.pop(run_id, None)
+        if watch is not None and self._polling is not None:
             # The folder may be gone already (a deleted run): nothing to stop then.
             with contextlib.suppress(KeyError, OSError):
-                observer.unschedule(watch)
+                self._polling.unschedule(watch)
 
-    def _schedule(
-        self, handler: FileSystemEventHandler, folder: Path
-    ) -> tuple[BaseObserver, ObservedWatch] | None:
+    def _schedule(self, handler: FileSystemEventHandler, folder: Path) -> None:
         try:
-            watch = self._observer.schedule(
-                handler, str(folder), recursive=False, event_filter=_CHANGES
-            )
-            return self._observer, watch
+            self._observer.schedule(handler, str(folder), recursive=False, event_filter=_CHANGES)
+            return
         except OSError as error:
             log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
                         folder, error)
         try:
-            return self._polling_observer(), self._polling_observer().schedule(
+            self._polling_observer().schedule(
                 handler, str(folder), recursive=False, event_filter=_CHANGES
             )
         except OSError as error:
             log.warning("action=watch_failed folder=%s error=%s", folder, error)
-            return None
 
     def _polling_observer(self) -> BaseObserver:
         if self._polling is None:
@@ -147,6 +161,7 @@ class Wakeups:
                 observer.stop()
                 observer.join(timeout=2)
         self._exits.close()
+        self._progress.close()
 
 
 class _NamedFileHandler(FileSystemEventHandler):
@@ -161,7 +176,8 @@ class _NamedFileHandler(FileSystemEventHandler):
 
 
 class ExitWatcher:
-    """One thread waiting on pidfds: a process end becomes a call of `notify(key)`.
+    """One thread waiting on pidfds (a process end becomes a call of `notify(key)`)
+    and on readers added with `add_reader` (the progress files' inotify).
 
     A pidfd works for processes that are not our children (adopted after a
     restart) and never refers to a reused pid.
@@ -171,7 +187,7 @@ class ExitWatcher:
         self._notify = notify
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
-        self._added: list[tuple[str, int]] = []
+        self._added: list[tuple[str | Callable[[], None], int]] = []
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._closed = False
@@ -188,6 +204,12 @@ class ExitWatcher:
             self._added.append((key, pidfd))
         os.write(self._wake_write, b".")
 
+    def add_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call `on_readable()` in this thread whenever `fd` is readable (fd stays ours)."""
+        with self._lock:
+            self._added.append((on_readable, fd))
+        os.write(self._wake_write, b".")
+
     def close(self) -> None:
         self._closed = True
         os.write(self._wake_write, b".")
@@ -199,12 +221,15 @@ class ExitWatcher:
             for selected, _ in self._selector.select():
                 if selected.data is None:
                     self._take_added()
+                elif callable(selected.data):
+                    selected.data()
                 else:
                     self._selector.unregister(selected.fd)
                     os.close(selected.fd)
                     self._notify(selected.data)
         for selected in list(self._selector.get_map().values()):
-            os.close(selected.fd)
+            if not callable(selected.data):
+                os.close(selected.fd)
         self._selector.close()
 
     def _take_added(self) -> None:
@@ -215,5 +240,94 @@ class ExitWatcher:
             pass
         with self._lock:
             added, self._added = self._added, []
-        for key, pidfd in added:
-            self._selector.register(pidfd, selectors.EVENT_READ, key)
+        for data, fd in added:
+            self._selector.register(fd, selectors.EVENT_READ, data)
+
+
+class ProgressWatches:
+    """inotify on live runs' folders: a change of progress.jsonl wakes the loop once,
+    then not again until the loop is about to read the file (`arm`).
+
+    Each watch is one-shot (IN_ONESHOT) and `arm` adds it again, so a simulation
+    writing a thousand lines a second costs about one event per read, not one
+    per line. The fallback (a polling observer) uses the same arming by flag.
+    """
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify
+        self._lock = threading.Lock()
+        self._folders: dict[str, str] = {}  # run id -> folder watched by inotify
+        self._run_of: dict[int, str] = {}  # armed watch descriptor -> run id
+        self._armed: dict[str, bool] = {}  # runs on the fallback observer
+        try:
+            self._inotify: inotify.Inotify | None = inotify.Inotify()
+        except OSError as error:
+            log.warning("action=inotify_unavailable error=%s fallback=polling", error)
+            self._inotify = None
+
+    def fileno(self) -> int | None:
+        return None if self._inotify is None else self._inotify.fileno()
+
+    def watch(self, run_id: str, folder: Path) -> None:
+        """Raises OSError when inotify cannot watch it (watch limit, file system)."""
+        if self._inotify is None:
+            raise OSError("inotify is not available")
+        self._add(run_id, str(folder))
+        with self._lock:
+            self._folders[run_id] = str(folder)
+
+    def watch_by_flag(self, run_id: str) -> None:
+        with self._lock:
+            self._armed[run_id] = True
+
+    def unwatch(self, run_id: str) -> None:
+        with self._lock:
+            self._folders.pop(run_id, None)
+            self._armed.pop(run_id, None)
+            for wd in [wd for wd, run in self._run_of.items() if run == run_id]:
+                del self._run_of[wd]
+                if self._inotify is not None:
+                    self._inotify.unwatch(wd)
+
+    def arm(self, run_id: str) -> None:
+        with self._lock:
+            folder = self._folders.get(run_id)
+            if run_id in self._armed:
+                self._armed[run_id] = True
+        if folder is not None:
+            with contextlib.suppress(OSError):  # the folder is gone: so is the run
+                self._add(run_id, folder)
+
+    def notify(self, run_id: str) -> None:
+        """From the fallback observer: wake once until armed again."""
+        with self._lock:
+            if not self._armed.get(run_id):
+                return
+            self._armed[run_id] = False
+        self._notify(run_id)
+
+    def on_readable(self) -> None:
+        assert self._inotify is not None
+        while events := self._inotify.read():
+            for event in events:
+                if event.mask & inotify.IN_Q_OVERFLOW:
+                    for run_id in list(self._folders):
+                        self._notify(run_id)
+                    continue
+                with self._lock:
+                    # A one-shot watch fires once; `arm` adds it again.
+                    changed = self._run_of.pop(event.wd, "")
+                if changed:
+                    self._notify(changed)
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+
+    def _add(self, run_id: str, folder: str) -> None:
+        assert self._inotify is not None
+        # Under the lock: an event on the new watch must find it in `_run_of`.
+        with self._lock:
+            # Adding a watch that exists already returns the same descriptor.
+            wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
+            self._run_of[wd] = run_id
