@@ -191,3 +191,16 @@ def reap(shim_pids: list[int], *, any_child: bool) -> dict[int, int]:
             statuses[reaped] = status
     return statuses
 
+
+
+def find_shim(run_id: str) -> Identity | None:
+    """The live shim of a run whose spawn was never recorded: a session leader
+    whose environment names the run (the simulation below it is no leader)."""
+    for candidate in psutil.process_iter(["environ", "create_time"]):
+        try:
+            environ = candidate.info["environ"] or {}
+            if environ.get("FUSION_RUN_ID") == run_id and os.getsid(candidate.pid) == candidate.pid:
+                return Identity(candidate.pid, candidate.info["create_time"])
+        except (OSError, psutil.Error):
+            continue
+    return None

@@ -186,26 +186,39 @@ class Supervisor:
         """Adopt live runs, give ended ones their true outcome, requeue unspawned ones."""
         for owned in self.store.owned_unfinished(self.config.worker_id):
             if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
-                self._reconcile_unspawned(owned)
+                self._reconcile_unrecorded(owned, now)
                 continue
-            paths = _paths_of(owned, self.config.runs_dir)
             shim = process.Identity(owned.pid, owned.process_start_time)
-            run = LiveRun(owned.id, paths, process.RunProcess(shim, owned.pgid),
-                          _resumed_reader(owned, paths), adopted=True)
-            self.live[run.id] = run
-            if shim.is_alive():
-                self._watch(run)
-                log.info("run=%s action=adopted pid=%d", run.id, shim.pid)
-            else:
-                run.exited = True
-                run.process.owns_group = not shim.is_reused()
-            if owned.status is RunStatus.CANCELLED:
-                self._begin_stop(run, StopReason.CANCELLED, now)
+            self._adopt(owned, shim, owned.pgid, now)
 
-    def _reconcile_unspawned(self, owned: OwnedRun) -> None:
+    def _adopt(self, owned: OwnedRun, shim: process.Identity, pgid: int, now: float) -> None:
+        paths = _paths_of(owned, self.config.runs_dir)
+        run = LiveRun(owned.id, paths, process.RunProcess(shim, pgid),
+                      _resumed_reader(owned, paths), adopted=True)
+        self.live[run.id] = run
+        if shim.is_alive():
+            self._watch(run)
+            log.info("run=%s action=adopted pid=%d", run.id, shim.pid)
+        else:
+            run.exited = True
+            run.process.owns_group = not shim.is_reused()
         if owned.status is RunStatus.CANCELLED:
+            self._begin_stop(run, StopReason.CANCELLED, now)
+
+    def _reconcile_unrecorded(self, owned: OwnedRun, now: float) -> None:
+        # The daemon died after claiming: before spawning (nothing runs), or
+        # after spawning but before recording it (the shim is found by the run
+        # id in its environment). Only the first may run again.
+        shim = process.find_shim(owned.id)
+        if shim is not None:
+            # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
+            self.store.mark_started(owned.id, pid=shim.pid, pgid=shim.pid,
+                                    process_start_time=shim.start_time,
+                                    run_dir=self.config.runs_dir.resolve() / owned.id)
+            self._adopt(owned, shim, shim.pid, now)
+        elif owned.status is RunStatus.CANCELLED:
             self._complete_cancelled(owned.id)
-        # RUNNING -> PENDING: claimed, but the daemon died before it spawned anything.
+        # RUNNING -> PENDING: claimed, but nothing was ever spawned.
         elif self.store.release_claim(owned.id):
             log.warning("run=%s action=requeued reason=claimed_but_never_started", owned.id)
 

@@ -236,3 +236,33 @@ def test_adopted_run_continues_from_its_offset_without_reapplying_old_lines(
     release.touch()
     assert client.wait_final(run_id)["status"] == "COMPLETED"
     assert client.row(run_id)["current_iteration"] == 1
+
+
+def test_run_spawned_but_not_recorded_is_adopted_not_started_twice(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    kill_daemon(daemon)
+    run_id = "0000000000cc"
+    marker = tmp_path / "marker"
+    insert_owned_running(daemon.database, run_id, pid=None, start_time=None,
+                         run_dir=daemon.runs_dir / run_id,
+                         config=json.dumps({"sim": {"marker": str(marker)}}))
+    # What the crashed daemon had spawned: a session leader naming the run.
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={"FUSION_RUN_ID": run_id}, start_new_session=True,
+    )
+    try:
+        daemon.start()
+        client = Client(daemon.database)
+        row = wait_until(lambda: (r := client.row(run_id)) and r["pid"] and r, 10, "its pid")
+        assert row["pid"] == orphan.pid and row["status"] == "RUNNING"
+        assert f"run={run_id} action=adopted" in daemon.log_text()
+
+        client.cancel(run_id)
+        assert client.wait_final(run_id)["status"] == "CANCELLED"
+        assert orphan.wait(timeout=5) is not None
+        assert not marker.exists()  # the simulation never ran a second time
+    finally:
+        orphan.kill()
+        orphan.wait()
