@@ -133,11 +133,14 @@ def stream_load(bench: Bench, runs: int, rate: float, seconds: float) -> None:
         behind = [_lines(path) - int(str(bench.column(run_id, "current_iteration") or 0))
                   for run_id, path in zip(ids, files, strict=True)]
         lags.append(max(behind) / rate)
-    cpu = (sum(daemon.cpu_times()[:2]) - before) / (time.time() - measured_from) * 100
+    elapsed = time.time() - measured_from
+    cpu = (sum(daemon.cpu_times()[:2]) - before) / elapsed * 100
     for run_id in ids:
         bench.until_final(run_id)
+    written = sum(_lines(path) for path in files) / (seconds + 0.0)
     half = len(lags) // 2
-    print(f"{runs} runs x {rate:g} lines/s: daemon {cpu:.1f} % of one core (target <= 30 %); "
+    print(f"{runs} runs x {rate:g} lines/s ({written:.0f} lines/s written in all): "
+          f"daemon {cpu:.1f} % of one core (target <= 30 %); "
           f"lag {max(lags[:half]) * 1000:.0f} ms in the first half, "
           f"{max(lags[half:]) * 1000:.0f} ms in the second (should not grow)")
 
