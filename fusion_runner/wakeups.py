@@ -58,7 +58,8 @@ class Wakeup:
 class Wakeups:
     """The loop's one queue and the threads that feed it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, use_inotify: bool = True) -> None:
+        """`use_inotify=False` watches progress files as on a file system without inotify."""
         self._queue: queue.SimpleQueue[Wakeup] = queue.SimpleQueue()
         self._observer: BaseObserver = Observer()
         self._observer.daemon = True
@@ -67,7 +68,9 @@ class Wakeups:
         self._polling: BaseObserver | None = None
         self._polled: dict[str, ObservedWatch] = {}
         self._exits = ExitWatcher(lambda key: self.put(Wakeup(Reason.EXIT, key)))
-        self._progress = ProgressWatches(lambda key: self.put(Wakeup(Reason.PROGRESS, key)))
+        self._progress = ProgressWatches(
+            lambda key: self.put(Wakeup(Reason.PROGRESS, key)), use_inotify=use_inotify
+        )
         progress_fd = self._progress.fileno()
         if progress_fd is not None:
             self._exits.add_reader(progress_fd, self._progress.on_readable)
@@ -253,17 +256,18 @@ class ProgressWatches:
     per line. The fallback (a polling observer) uses the same arming by flag.
     """
 
-    def __init__(self, notify: Callable[[str], None]) -> None:
+    def __init__(self, notify: Callable[[str], None], *, use_inotify: bool = True) -> None:
         self._notify = notify
         self._lock = threading.Lock()
         self._folders: dict[str, str] = {}  # run id -> folder watched by inotify
         self._run_of: dict[int, str] = {}  # armed watch descriptor -> run id
         self._armed: dict[str, bool] = {}  # runs on the fallback observer
-        try:
-            self._inotify: inotify.Inotify | None = inotify.Inotify()
-        except OSError as error:
-            log.warning("action=inotify_unavailable error=%s fallback=polling", error)
-            self._inotify = None
+        self._inotify: inotify.Inotify | None = None
+        if use_inotify:
+            try:
+                self._inotify = inotify.Inotify()
+            except OSError as error:
+                log.warning("action=inotify_unavailable error=%s fallback=polling", error)
 
     def fileno(self) -> int | None:
         return None if self._inotify is None else self._inotify.fileno()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
+import pytest
+
 from fusion_runner import inotify
-from fusion_runner.wakeups import ProgressWatches
+from fusion_runner.wakeups import ProgressWatches, Reason, Wakeup, Wakeups
 
 
 def append(folder: Path, name: str, text: str) -> None:
@@ -75,3 +78,31 @@ def test_parse_reads_every_event_of_a_batch() -> None:
         inotify.Event(1, inotify.IN_MODIFY, "progress.jsonl"),
         inotify.Event(2, inotify.IN_CREATE, "x"),
     ]
+
+
+def test_without_inotify_a_polling_observer_wakes_once_per_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wakeups = Wakeups(use_inotify=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fusion_runner"):
+            wakeups.watch_progress("run-a", tmp_path)
+        assert "fallback=polling" in caplog.text
+
+        for n in range(50):
+            append(tmp_path, "progress.jsonl", f'{{"iteration": {n}}}\n')
+        woken = wait_for_wakeups(wakeups)
+        assert woken == [Wakeup(Reason.PROGRESS, "run-a")]
+
+        wakeups.rearm_progress("run-a")
+        append(tmp_path, "progress.jsonl", '{"iteration": 50}\n')
+        assert wait_for_wakeups(wakeups) == [Wakeup(Reason.PROGRESS, "run-a")]
+    finally:
+        wakeups.unwatch_progress("run-a")
+        wakeups.close()
+
+
+def wait_for_wakeups(wakeups: Wakeups) -> list[Wakeup]:
+    """What arrives within one wait of up to 5 s, plus anything right behind it."""
+    woken = wakeups.wait(5.0)
+    return woken + wakeups.wait(0.3)
