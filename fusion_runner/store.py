@@ -170,8 +170,16 @@ class Store:
         """
         if not self._is_sqlite:
             return True
-        with self.engine.connect() as conn:
-            version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        # The DBAPI connection itself: this runs on every pass of the loop.
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA data_version")
+            row = cursor.fetchone()
+            version = int(row[0]) if row else 0
+            cursor.close()
+        finally:
+            connection.close()
         changed = version != self._data_version
         self._data_version = version
         return changed
