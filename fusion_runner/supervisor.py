@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from fusion_runner import outcome, process, rundir
 from fusion_runner.config import Config, sqlite_path
@@ -88,8 +89,8 @@ class Supervisor:
         self.reconcile(self.clock())
         self.notifier.ready()
         log.info("action=ready worker=%s database=%s runs_dir=%s max_concurrent_runs=%d",
-                 self.config.worker_id, self.config.database_url, self.config.runs_dir,
-                 self.config.max_concurrent_runs)
+                 self.config.worker_id, _without_password(self.config.database_url),
+                 self.config.runs_dir, self.config.max_concurrent_runs)
         try:
             self._serve(wakeups)
         finally:
@@ -426,6 +427,14 @@ def _unrecoverable(run: LiveRun) -> str:
     reused = "" if run.process.owns_group else " (its pid now belongs to another process)"
     return (f"exit status could not be recovered: process {run.process.pid} ended while "
             f"no runner watched{reused} and left no exit record in {run.paths.exit_record}")
+
+
+def _without_password(database_url: str) -> str:
+    """The URL for a log line: a PostgreSQL password never reaches the journal."""
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable database_url)"
 
 
 def _first_line(text: str) -> str:

@@ -84,3 +84,12 @@ def test_a_pending_recheck_survives_an_unrelated_wakeup(tmp_path: Path) -> None:
     first = DATABASE_RECHECK_SECONDS[0]
     assert timeouts[1] == pytest.approx(first)
     assert timeouts[2] == pytest.approx(first)  # the clock did not move
+
+
+def test_logged_database_url_hides_a_password() -> None:
+    from fusion_runner.supervisor import _without_password
+
+    assert _without_password("postgresql://gui:secret@db.lab/fusion") == (
+        "postgresql://gui:***@db.lab/fusion"
+    )
+    assert _without_password("sqlite:///data/gui_runs/runs.db") == "sqlite:///data/gui_runs/runs.db"
