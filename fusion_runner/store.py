@@ -136,6 +136,8 @@ class Store:
         self.engine = engine
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._data_version: int | None = None
+        self.writes = 0  # statements of ours that changed a row: see `_count_write`
+        event.listen(engine, "after_cursor_execute", self._count_write)
 
     @classmethod
     def open(cls, database_url: str) -> Store:
@@ -158,6 +160,14 @@ class Store:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as error:
             raise ConfigError(f"database_url: cannot open the database: {error}") from None
+
+    def _count_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
+                     context: Any, executemany: bool) -> None:
+        # A change of ours wakes the daemon's database watch as a client's
+        # does; the loop tells them apart by this count.
+        changes = context is not None and (context.isupdate or context.isinsert or context.isdelete)
+        if changes and cursor.rowcount != 0:
+            self.writes += 1
 
     # --- the daemon's verbs -------------------------------------------------
 

@@ -41,6 +41,9 @@ DRAIN_RECHECK_SECONDS = 0.01
 # At most one log line per run this often about skipped progress lines.
 PROBLEM_LOG_SECONDS = 1.0
 SWITCH_INTERVAL_SECONDS = 0.0005
+# While runs are live, how often at most the loop looks for clients' commits
+# that no wake-up announced (one PRAGMA on SQLite).
+LIVE_POLL_SECONDS = 0.05
 # How often at most systemd's STATUS= line is refreshed.
 STATUS_SECONDS = 1.0
 
@@ -71,6 +74,7 @@ class Supervisor:
         self._problems_logged_at: dict[str, float] = {}
         self._status_due = 0.0
         self._capacity_freed = True
+        self._writes_seen = 0
 
     # --- the loop ---------------------------------------------------------
 
@@ -115,6 +119,10 @@ class Supervisor:
             self._report_status(now)
             deadlines = [d for d in (self._next_deadline, *rechecks[:1], watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
+            if self.live:
+                # data_version makes a look for clients' commits nearly free: with
+                # runs to stop, do not wait for a missed wake-up (see `_take`).
+                timeout = min(timeout, LIVE_POLL_SECONDS)
             if deadlines:
                 timeout = min(timeout, max(min(deadlines) - self.clock(), 0.0))
             rechecks = self._take(wakeups.wait(timeout), rechecks)
@@ -128,6 +136,12 @@ class Supervisor:
             database = database or wakeup.reason is Reason.DATABASE
         now = self.clock()
         if database:
+            ours, self._writes_seen = self.store.writes != self._writes_seen, self.store.writes
+            if ours:
+                # Most likely our own commit; a client's coinciding with it is
+                # still seen within LIVE_POLL_SECONDS, without a burst of passes
+                # after every progress write.
+                return [at for at in rechecks if at > now]
             return [now + delay for delay in DATABASE_RECHECK_SECONDS]
         # Re-checks still ahead stay; one that is due is the pass about to run.
         return [at for at in rechecks if at > now]

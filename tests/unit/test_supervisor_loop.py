@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fusion_runner.config import Config
+from fusion_runner.models import RunStatus
 from fusion_runner.store import Store
 from fusion_runner.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
 from fusion_runner.wakeups import Reason, Wakeup
@@ -22,10 +24,14 @@ class FakeClock:
         return self.now
 
 
+# A list of wake-ups to return, or a write to make before a database wake-up.
+Step = list[Wakeup] | Callable[[], None]
+
+
 class ScriptedWakeups:
     """Returns the scripted wake-ups in turn; time passes by each timeout waited."""
 
-    def __init__(self, clock: FakeClock, script: list[list[Wakeup]], stop: Callable[[], None]):
+    def __init__(self, clock: FakeClock, script: list[Step], stop: Callable[[], None]):
         self.clock, self.script, self.stop = clock, script, stop
         self.timeouts: list[float] = []
 
@@ -34,7 +40,11 @@ class ScriptedWakeups:
         if not self.script:
             self.stop()
             return []
-        woken = self.script.pop(0)
+        step = self.script.pop(0)
+        if callable(step):
+            step()
+            return [Wakeup(Reason.DATABASE)]
+        woken = step
         if not woken:
             self.clock.now += timeout
         return woken
@@ -48,10 +58,10 @@ class ScriptedWakeups:
     def close(self) -> None: ...
 
 
-def run_loop(tmp_path: Path, script: list[list[Wakeup]]) -> list[float]:
+def run_loop(tmp_path: Path, script: list[Step], store: Store | None = None) -> list[float]:
     config = Config(database_url=f"sqlite:///{tmp_path / 'runs.db'}", runs_dir=tmp_path / "runs",
                     poll_interval_seconds=1.0, worker_id="unit")
-    store = Store.open(config.database_url)
+    store = store or Store.open(config.database_url)
     clock = FakeClock()
     supervisor = Supervisor(config, store, clock=clock, subreaper=False)
     wakeups = ScriptedWakeups(clock, script, supervisor.stop)
@@ -93,3 +103,22 @@ def test_logged_database_url_hides_a_password() -> None:
         "postgresql://gui:***@db.lab/fusion"
     )
     assert _without_password("sqlite:///data/gui_runs/runs.db") == "sqlite:///data/gui_runs/runs.db"
+
+
+def test_a_wakeup_after_our_own_write_is_not_rechecked_but_a_clients_is(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'runs.db'}")
+
+    def own_write() -> None:  # a run the test inserts through the daemon's own store
+        store.insert_run("0123456789ab", name="x", config_json="{}", template="t")
+        store.transition("0123456789ab", RunStatus.PENDING, RunStatus.CANCELLED)
+
+    def client_write() -> None:
+        with sqlite3.connect(tmp_path / "runs.db") as connection:
+            connection.execute("UPDATE runs SET name = 'y'")
+
+    timeouts = run_loop(tmp_path, [own_write, [], client_write, [], []], store)
+
+    assert timeouts[1] == 1.0  # our own commit: no re-checks
+    assert timeouts[3] == pytest.approx(DATABASE_RECHECK_SECONDS[0])  # a client's: re-checked
