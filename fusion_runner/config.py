@@ -59,6 +59,16 @@ def sqlalchemy_url(database_url: str) -> str:
     return database_url
 
 
+def redacted_url(database_url: str) -> str:
+    """The URL for a log line: a PostgreSQL password never reaches the journal."""
+    scheme, separator, rest = database_url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not separator or not at or ":" not in credentials:
+        return database_url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
 def sqlite_path(database_url: str) -> Path | None:
     """The database file of a ``sqlite:///PATH`` URL (relative stays relative), else None."""
     if not database_url.startswith(_SQLITE):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fusion_runner import outcome, process, rundir
-from fusion_runner.progress import Columns, ProgressReader
+from fusion_runner.process import RunProcess
+from fusion_runner.progress import Columns, Progress, ProgressReader
+from fusion_runner.store import OwnedRun
 
 LOG_TAIL_BYTES = 3072
 
@@ -33,6 +36,23 @@ class LiveRun:
     progress_unread: bool = False  # the file changed since it was last read
     progress_pending: Columns = field(default_factory=dict)
     progress_written_at: float = float("-inf")
+
+    @classmethod
+    def adopt(cls, owned: OwnedRun, run_process: RunProcess, runs_dir: Path) -> LiveRun:
+        """A run an earlier daemon started, its progress read on from where it stopped."""
+        # The runs directory the run was started in, even if the setting changed since.
+        base = Path(owned.run_dir).parent if owned.run_dir else runs_dir
+        paths = rundir.RunPaths.under(base, owned.id)
+        progress = Progress(**owned.progress)  # type: ignore[arg-type]
+        reader = ProgressReader(paths.progress_file, offset=owned.progress_offset or 0,
+                                progress=progress)
+        return cls(owned.id, paths, run_process, reader, adopted=True)
+
+    def unrecoverable(self) -> str:
+        """Why an adopted run that ended unwatched has no outcome but FAILED."""
+        reused = "" if self.process.owns_group else " (its pid now belongs to another process)"
+        return (f"exit status could not be recovered: process {self.process.pid} ended while "
+                f"no runner watched{reused} and left no exit record in {self.paths.exit_record}")
 
     def exit_record(self) -> outcome.ExitRecord | None:
         try:

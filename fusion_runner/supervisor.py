@@ -15,17 +15,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
+from fusion_runner import config as config_module
 from fusion_runner import outcome, process, rundir
 from fusion_runner.config import Config, sqlite_path
 from fusion_runner.errors import InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
-from fusion_runner.progress import Progress, ProgressReader
+from fusion_runner.progress import ProgressReader
 from fusion_runner.store import ClaimedRun, OwnedRun, Store, utcnow
 from fusion_runner.systemd import Notifier
 from fusion_runner.wakeups import Reason, Wakeup, Wakeups
@@ -93,7 +92,7 @@ class Supervisor:
         self.reconcile(self.clock())
         self.notifier.ready()
         log.info("action=ready worker=%s database=%s runs_dir=%s max_concurrent_runs=%d",
-                 self.config.worker_id, _without_password(self.config.database_url),
+                 self.config.worker_id, config_module.redacted_url(self.config.database_url),
                  self.config.runs_dir, self.config.max_concurrent_runs)
         try:
             self._serve(wakeups)
@@ -207,9 +206,7 @@ class Supervisor:
             self._adopt(owned, shim, owned.pgid, now)
 
     def _adopt(self, owned: OwnedRun, shim: process.Identity, pgid: int, now: float) -> None:
-        paths = _paths_of(owned, self.config.runs_dir)
-        run = LiveRun(owned.id, paths, process.RunProcess(shim, pgid),
-                      _resumed_reader(owned, paths), adopted=True)
+        run = LiveRun.adopt(owned, process.RunProcess(shim, pgid), self.config.runs_dir)
         self.live[run.id] = run
         if shim.is_alive():
             self._watch(run)
@@ -354,7 +351,7 @@ class Supervisor:
         if run.stop_reason is StopReason.SHUTDOWN:
             result = outcome.Outcome(RunStatus.FAILED, "runner shut down")
         elif run.adopted and run.exit_record() is None:
-            result = outcome.Outcome(RunStatus.FAILED, _unrecoverable(run))
+            result = outcome.Outcome(RunStatus.FAILED, run.unrecoverable())
         else:
             result = run.outcome()
         # RUNNING -> COMPLETED | FAILED
@@ -423,32 +420,6 @@ class Supervisor:
     def _wake_by(self, deadline: float) -> None:
         if self._next_deadline is None or deadline < self._next_deadline:
             self._next_deadline = deadline
-
-
-def _paths_of(owned: OwnedRun, runs_dir: Path) -> rundir.RunPaths:
-    # The runs directory the run was started in, even if the setting changed since.
-    base = Path(owned.run_dir).parent if owned.run_dir else runs_dir
-    return rundir.RunPaths.under(base, owned.id)
-
-
-def _resumed_reader(owned: OwnedRun, paths: rundir.RunPaths) -> ProgressReader:
-    progress = Progress(**{name: value for name, value in owned.progress.items()})  # type: ignore[arg-type]
-    return ProgressReader(paths.progress_file, offset=owned.progress_offset or 0,
-                          progress=progress)
-
-
-def _unrecoverable(run: LiveRun) -> str:
-    reused = "" if run.process.owns_group else " (its pid now belongs to another process)"
-    return (f"exit status could not be recovered: process {run.process.pid} ended while "
-            f"no runner watched{reused} and left no exit record in {run.paths.exit_record}")
-
-
-def _without_password(database_url: str) -> str:
-    """The URL for a log line: a PostgreSQL password never reaches the journal."""
-    try:
-        return make_url(database_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "(unparsable database_url)"
 
 
 def _first_line(text: str) -> str:

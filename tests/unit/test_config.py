@@ -412,3 +412,11 @@ def test_sqlalchemy_url(url: str, expected: str) -> None:
 )
 def test_sqlite_path(url: str, expected: Path | None) -> None:
     assert config.sqlite_path(url) == expected
+
+
+def test_redacted_url_hides_only_a_password() -> None:
+    assert config.redacted_url("postgresql://gui:secret@db.lab:5432/fusion") == (
+        "postgresql://gui:***@db.lab:5432/fusion"
+    )
+    assert config.redacted_url("postgresql://gui@db.lab/fusion") == "postgresql://gui@db.lab/fusion"
+    assert config.redacted_url("sqlite:///data/gui_runs/runs.db") == "sqlite:///data/gui_runs/runs.db"

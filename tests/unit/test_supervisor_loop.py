@@ -96,13 +96,6 @@ def test_a_pending_recheck_survives_an_unrelated_wakeup(tmp_path: Path) -> None:
     assert timeouts[2] == pytest.approx(first)  # the clock did not move
 
 
-def test_logged_database_url_hides_a_password() -> None:
-    from fusion_runner.supervisor import _without_password
-
-    assert _without_password("postgresql://gui:secret@db.lab/fusion") == (
-        "postgresql://gui:***@db.lab/fusion"
-    )
-    assert _without_password("sqlite:///data/gui_runs/runs.db") == "sqlite:///data/gui_runs/runs.db"
 
 
 def test_a_wakeup_after_our_own_write_is_not_rechecked_but_a_clients_is(
