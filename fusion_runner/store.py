@@ -241,10 +241,42 @@ class Store:
         self, run_id: str, columns: Mapping[str, float | int | None], offset: int
     ) -> bool:
         """Progress columns of a RUNNING run, and how far its file was read."""
+        if self._is_sqlite:
+            return self._write_progress_sqlite(run_id, columns, offset)
         with self.engine.begin() as conn:
             won = _conditional_update(conn, run_id, RunStatus.RUNNING, **columns)
             conn.execute(_SAVE_OFFSET, {"claimed_run": run_id, "offset": offset})
             return won
+
+    def _write_progress_sqlite(
+        self, run_id: str, columns: Mapping[str, float | int | None], offset: int
+    ) -> bool:
+        # The daemon's most frequent write (ten runs: 200 a second), straight on
+        # the DBAPI connection: ~15 us here against ~120 us through Core.
+        names = sorted(columns)
+        if not set(names) <= set(PROGRESS_COLUMNS):
+            raise ValueError(f"not progress columns: {names}")
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(
+                f"UPDATE runs SET {assignments} WHERE id = ? AND status = ?",
+                [*(columns[name] for name in names), run_id, RunStatus.RUNNING.value],
+            )
+            won = bool(cursor.rowcount == 1)
+            cursor.execute(
+                "UPDATE fusion_runner_claims SET progress_offset = ? WHERE run_id = ?",
+                (offset, run_id),
+            )
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.close()
+        self.writes += 1
+        return won
 
     def owned_unfinished(self, worker_id: str) -> list[OwnedRun]:
         """RUNNING runs claimed under `worker_id`, and its CANCELLED ones not completed."""

@@ -108,6 +108,7 @@ class Supervisor:
         while not self._finished():
             now = self.clock()
             watchdog_at = self._ping_watchdog(now, watchdog_at)
+            wakeups.rearm_database()  # before the look, so no later commit goes unseen
             try:
                 self.step(now, database_changed=self.store.changed_by_others())
             except SQLAlchemyError as error:

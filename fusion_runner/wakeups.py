@@ -1,7 +1,8 @@
 """Everything that wakes the main loop, funnelled into one queue.
 
-Producers (watchdog's thread for the database file, one watcher thread for
-pidfds and progress files, signal handlers) only put a `Wakeup` on the queue;
+Producers (one watcher thread for pidfds and inotify on the database's and the
+runs' folders, watchdog's polling observer where inotify cannot watch, signal
+handlers) only put a `Wakeup` on the queue;
 the supervisor alone acts on it. The queue is a `SimpleQueue`, whose `put` is
 reentrant and so safe inside a signal handler.
 """
@@ -30,7 +31,6 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
@@ -38,6 +38,8 @@ from fusion_runner import inotify
 
 log = logging.getLogger("fusion_runner")
 PROGRESS_FILE = "progress.jsonl"
+# The watch key of the database's folder (a run id is 12 hex characters).
+DATABASE_KEY = "(database)"
 _CHANGES = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent]
 
 
@@ -59,24 +61,25 @@ class Wakeups:
     """The loop's one queue and the threads that feed it."""
 
     def __init__(self, *, use_inotify: bool = True) -> None:
-        """`use_inotify=False` watches progress files as on a file system without inotify."""
+        """`use_inotify=False` watches folders as on a file system without inotify."""
         self._queue: queue.SimpleQueue[Wakeup] = queue.SimpleQueue()
-        self._observer: BaseObserver = Observer()
-        self._observer.daemon = True
-        self._observer.start()
         # Used only for folders inotify cannot watch (watch limit, file system).
         self._polling: BaseObserver | None = None
         self._polled: dict[str, ObservedWatch] = {}
         self._exits = ExitWatcher(lambda key: self.put(Wakeup(Reason.EXIT, key)))
-        self._progress = ProgressWatches(
-            lambda key: self.put(Wakeup(Reason.PROGRESS, key)), use_inotify=use_inotify
-        )
+        self._progress = ProgressWatches(self._changed, use_inotify=use_inotify)
         progress_fd = self._progress.fileno()
         if progress_fd is not None:
             self._exits.add_reader(progress_fd, self._progress.on_readable)
 
     def put(self, wakeup: Wakeup) -> None:
         self._queue.put(wakeup)
+
+    def _changed(self, key: str) -> None:
+        if key == DATABASE_KEY:
+            self.put(Wakeup(Reason.DATABASE))
+        else:
+            self.put(Wakeup(Reason.PROGRESS, key))
 
     def wait(self, timeout: float) -> list[Wakeup]:
         """Block until a wake-up or `timeout` seconds; return all that are queued."""
@@ -93,29 +96,35 @@ class Wakeups:
     def watch_database(self, database_file: Path) -> None:
         """Wake on writes to a SQLite file or its WAL, watching its folder only."""
         names = {database_file.name, f"{database_file.name}-wal"}
-        handler = _NamedFileHandler(names, lambda: self.put(Wakeup(Reason.DATABASE)))
-        self._schedule(handler, database_file.parent.resolve())
+        self._watch_folder(DATABASE_KEY, database_file.parent.resolve(), names)
+
+    def rearm_database(self) -> None:
+        """Call right before looking for clients' commits: the next write wakes us."""
+        self._progress.arm(DATABASE_KEY)
 
     def watch_progress(self, run_id: str, run_dir: Path) -> None:
         """Wake with the run's id when its progress file changes; one watch per live run."""
-        try:
-            self._progress.watch(run_id, run_dir)
-            return
-        except OSError as error:
-            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
-                        run_dir, error)
-        handler = _NamedFileHandler({PROGRESS_FILE}, lambda: self._progress.notify(run_id))
-        try:
-            self._polled[run_id] = self._polling_observer().schedule(
-                handler, str(run_dir), recursive=False, event_filter=_CHANGES
-            )
-            self._progress.watch_by_flag(run_id)
-        except OSError as error:
-            log.warning("action=watch_failed folder=%s error=%s", run_dir, error)
+        self._watch_folder(run_id, run_dir, {PROGRESS_FILE})
 
     def rearm_progress(self, run_id: str) -> None:
         """Call right before reading a run's progress file: its next change wakes us."""
         self._progress.arm(run_id)
+
+    def _watch_folder(self, key: str, folder: Path, names: set[str]) -> None:
+        try:
+            self._progress.watch(key, folder, names)
+            return
+        except OSError as error:
+            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
+                        folder, error)
+        handler = _NamedFileHandler(names, lambda: self._progress.notify(key))
+        try:
+            self._polled[key] = self._polling_observer().schedule(
+                handler, str(folder), recursive=False, event_filter=_CHANGES
+            )
+            self._progress.watch_by_flag(key)
+        except OSError as error:
+            log.warning("action=watch_failed folder=%s error=%s", folder, error)
 
     def unwatch_progress(self, run_id: str) -> None:
         self._progress.unwatch(run_id)
@@ -124,20 +133,6 @@ class Wakeups:
             # The folder may be gone already (a deleted run): nothing to stop then.
             with contextlib.suppress(KeyError, OSError):
                 self._polling.unschedule(watch)
-
-    def _schedule(self, handler: FileSystemEventHandler, folder: Path) -> None:
-        try:
-            self._observer.schedule(handler, str(folder), recursive=False, event_filter=_CHANGES)
-            return
-        except OSError as error:
-            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
-                        folder, error)
-        try:
-            self._polling_observer().schedule(
-                handler, str(folder), recursive=False, event_filter=_CHANGES
-            )
-        except OSError as error:
-            log.warning("action=watch_failed folder=%s error=%s", folder, error)
 
     def _polling_observer(self) -> BaseObserver:
         if self._polling is None:
@@ -159,10 +154,9 @@ class Wakeups:
             signal.signal(signum, handler)
 
     def close(self) -> None:
-        for observer in (self._observer, self._polling):
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=2)
+        if self._polling is not None:
+            self._polling.stop()
+            self._polling.join(timeout=2)
         self._exits.close()
         self._progress.close()
 
@@ -217,6 +211,12 @@ class ExitWatcher:
         self._closed = True
         os.write(self._wake_write, b".")
         self._thread.join(timeout=2)
+        # Only now: the thread may see `_closed` and stop before reading the pipe.
+        for selected in list(self._selector.get_map().values()):
+            if isinstance(selected.data, str):  # a pidfd
+                os.close(selected.fd)
+        self._selector.close()
+        os.close(self._wake_read)
         os.close(self._wake_write)
 
     def _run(self) -> None:
@@ -230,10 +230,6 @@ class ExitWatcher:
                     self._selector.unregister(selected.fd)
                     os.close(selected.fd)
                     self._notify(selected.data)
-        for selected in list(self._selector.get_map().values()):
-            if not callable(selected.data):
-                os.close(selected.fd)
-        self._selector.close()
 
     def _take_added(self) -> None:
         try:
@@ -248,8 +244,9 @@ class ExitWatcher:
 
 
 class ProgressWatches:
-    """inotify on live runs' folders: a change of progress.jsonl wakes the loop once,
-    then not again until the loop is about to read the file (`arm`).
+    """inotify on folders, each under a key (a run id, or the database's): a change
+    of one of the key's files wakes the loop once, then not again until the loop
+    is about to look (`arm`).
 
     Each watch is one-shot (IN_ONESHOT) and `arm` adds it again, so a simulation
     writing a thousand lines a second costs about one event per read, not one
@@ -259,9 +256,9 @@ class ProgressWatches:
     def __init__(self, notify: Callable[[str], None], *, use_inotify: bool = True) -> None:
         self._notify = notify
         self._lock = threading.Lock()
-        self._folders: dict[str, str] = {}  # run id -> folder watched by inotify
-        self._run_of: dict[int, str] = {}  # armed watch descriptor -> run id
-        self._armed: dict[str, bool] = {}  # runs on the fallback observer
+        self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # key -> folder, names
+        self._key_of: dict[int, str] = {}  # armed watch descriptor -> key
+        self._armed: dict[str, bool] = {}  # keys on the fallback observer
         self._inotify: inotify.Inotify | None = None
         if use_inotify:
             try:
@@ -272,66 +269,71 @@ class ProgressWatches:
     def fileno(self) -> int | None:
         return None if self._inotify is None else self._inotify.fileno()
 
-    def watch(self, run_id: str, folder: Path) -> None:
+    def watch(self, key: str, folder: Path, names: Iterable[str] = (PROGRESS_FILE,)) -> None:
         """Raises OSError when inotify cannot watch it (watch limit, file system)."""
         if self._inotify is None:
             raise OSError("inotify is not available")
-        self._add(run_id, str(folder))
+        self._add(key, str(folder))
         with self._lock:
-            self._folders[run_id] = str(folder)
+            self._folders[key] = (str(folder), frozenset(names))
 
-    def watch_by_flag(self, run_id: str) -> None:
+    def watch_by_flag(self, key: str) -> None:
         with self._lock:
-            self._armed[run_id] = True
+            self._armed[key] = True
 
-    def unwatch(self, run_id: str) -> None:
+    def unwatch(self, key: str) -> None:
         with self._lock:
-            self._folders.pop(run_id, None)
-            self._armed.pop(run_id, None)
-            for wd in [wd for wd, run in self._run_of.items() if run == run_id]:
-                del self._run_of[wd]
+            self._folders.pop(key, None)
+            self._armed.pop(key, None)
+            for wd in [wd for wd, watched in self._key_of.items() if watched == key]:
+                del self._key_of[wd]
                 if self._inotify is not None:
                     self._inotify.unwatch(wd)
 
-    def arm(self, run_id: str) -> None:
+    def arm(self, key: str) -> None:
         with self._lock:
-            folder = self._folders.get(run_id)
-            if run_id in self._armed:
-                self._armed[run_id] = True
+            folder = self._folders.get(key)
+            if key in self._armed:
+                self._armed[key] = True
         if folder is not None:
             with contextlib.suppress(OSError):  # the folder is gone: so is the run
-                self._add(run_id, folder)
+                self._add(key, folder[0])
 
-    def notify(self, run_id: str) -> None:
+    def notify(self, key: str) -> None:
         """From the fallback observer: wake once until armed again."""
         with self._lock:
-            if not self._armed.get(run_id):
+            if not self._armed.get(key):
                 return
-            self._armed[run_id] = False
-        self._notify(run_id)
+            self._armed[key] = False
+        self._notify(key)
 
     def on_readable(self) -> None:
         assert self._inotify is not None
         while events := self._inotify.read():
             for event in events:
                 if event.mask & inotify.IN_Q_OVERFLOW:
-                    for run_id in list(self._folders):
-                        self._notify(run_id)
+                    for key in list(self._folders):
+                        self._notify(key)
                     continue
                 with self._lock:
                     # A one-shot watch fires once; `arm` adds it again.
-                    changed = self._run_of.pop(event.wd, "")
-                if changed:
-                    self._notify(changed)
+                    key = self._key_of.pop(event.wd, "")
+                    folder, names = self._folders.get(key, ("", frozenset()))
+                if key and event.name in names:
+                    self._notify(key)
+                elif key:
+                    # Another file of the folder used up the one shot: watch on.
+                    with contextlib.suppress(OSError):
+                        self._add(key, folder)
 
     def close(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
 
-    def _add(self, run_id: str, folder: str) -> None:
+    def _add(self, key: str, folder: str) -> None:
         assert self._inotify is not None
-        # Under the lock: an event on the new watch must find it in `_run_of`.
+        # Under the lock: an event on the new watch must find it in `_key_of`.
         with self._lock:
             # Adding a watch that exists already returns the same descriptor.
             wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
-            self._run_of[wd] = run_id
+            self._key_of[wd] = key
