@@ -76,3 +76,19 @@ def test_two_daemons_on_one_database_start_every_run_exactly_once(
     alpha, beta = first.log_text(), (tmp_path / "daemon-beta.log").read_text()
     assert alpha.count("action=started") + beta.count("action=started") == len(ids)
     assert "action=started" in alpha and "action=started" in beta
+
+
+def test_a_new_row_wakes_the_daemon_without_waiting_for_the_poll(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    # The fallback poll is 60 s: only the database watch can start these in time.
+    daemon = daemon_factory(poll_interval_seconds="60").start()
+    client = Client(daemon.database)
+
+    for _ in range(3):
+        run_id = client.submit({"sim": {}})
+        assert client.wait_final(run_id, timeout=20)["status"] == "COMPLETED"
+    cancelled = client.submit({"sim": {"sleep": "forever"}})
+    client.wait_status(cancelled, "RUNNING", timeout=20)
+    client.cancel(cancelled)
+    assert client.wait_final(cancelled, timeout=20)["status"] == "CANCELLED"
