@@ -182,10 +182,10 @@ def main() -> int:
                 samples.append(bench.progress(run_id, progress, n))
                 time.sleep(0.06)  # past the coalescing interval: each line is a leading edge
             report("progress line -> column committed", samples, (5, 50))
-            stream_load(bench, runs=10, rate=1000, seconds=6)
-            idle = psutil.Process(bench.daemon.pid)
             bench.db.execute("UPDATE runs SET status = 'CANCELLED' WHERE id = ?", (run_id,))
             bench.until_final(run_id)
+            stream_load(bench, runs=10, rate=1000, seconds=6)
+            idle = psutil.Process(bench.daemon.pid)
             before = sum(idle.cpu_times()[:2])
             time.sleep(10)
             print(f"{'idle daemon':<34} {(sum(idle.cpu_times()[:2]) - before) / 10 * 100:.2f} % "
