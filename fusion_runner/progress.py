@@ -103,21 +103,27 @@ def _apply_config(progress: Progress, record: dict[str, object], problems: list[
 
 
 def _apply_exit_code(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
-    if "exit_code" in record:
-        code = record["exit_code"]
-        if type(code) is int:
-            progress.exit_code = code
-        else:
-            problems.append(f"exit_code: not an integer: {_short(code)}")
+    _apply_exact(progress, record, problems, ("exit_code", "exit_code", int, "an integer"))
 
 
 def _apply_message(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
-    if "message" in record:
-        message = record["message"]
-        if type(message) is str:
-            progress.last_error = message
+    _apply_exact(progress, record, problems, ("message", "last_error", str, "a string"))
+
+
+def _apply_exact(
+    progress: Progress,
+    record: dict[str, object],
+    problems: list[str],
+    rule: tuple[str, str, type, str],
+) -> None:
+    """record[key] -> progress.attribute when it is exactly of the type (bool is no int)."""
+    key, attribute, kind, described = rule
+    if key in record:
+        value = record[key]
+        if type(value) is kind:
+            setattr(progress, attribute, value)
         else:
-            problems.append(f"message: not a string: {_short(message)}")
+            problems.append(f"{key}: not {described}: {_short(value)}")
 
 
 def _as_float(value: object) -> float | None:

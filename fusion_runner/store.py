@@ -349,11 +349,6 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(runs).where(runs.c.id == run_id)).first()
 
-    def list_runs(self, limit: int | None = None) -> list[Row[Any]]:
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
-        with self.engine.connect() as conn:
-            return list(conn.execute(query).all())
-
     def count_by_status(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))

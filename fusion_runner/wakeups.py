@@ -48,7 +48,6 @@ class Reason(enum.Enum):
     EXIT = "exit"  # a run's shim ended
     STOP = "stop"  # SIGTERM / SIGINT
     PROGRESS = "progress"  # a run's progress.jsonl changed
-    WAKE = "wake"  # anything else worth a pass
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,11 @@ def test_same_seed_same_results_other_seed_others(sim_factory: SimFactory) -> No
     assert any(value > 0 for _, values in runs[0] for value in values)
 
 
-def test_sigterm_stops_the_pool_and_exits_143(sim_factory: SimFactory) -> None:
+@contextlib.contextmanager
+def running_with_workers(
+    sim_factory: SimFactory,
+) -> Iterator[tuple[Sim, subprocess.Popen[str], list[psutil.Process]]]:
+    """A sweep that runs for minutes, once its workers have started; they are killed after."""
     sim = sim_factory({"general_settings.num_requests": "100000000"})
     process = sim.start()
     workers_expected = min(os.cpu_count() or 1, 2)
@@ -210,7 +214,14 @@ def test_sigterm_stops_the_pool_and_exits_143(sim_factory: SimFactory) -> None:
         wait_until(lambda: started_points(sim) == workers_expected, 10, "the workers to start")
         workers = psutil.Process(process.pid).children(recursive=True)
         assert len(workers) == workers_expected
+        yield sim, process, workers
+    finally:
+        for worker in workers:
+            kill_quietly(worker.pid)
 
+
+def test_sigterm_stops_the_pool_and_exits_143(sim_factory: SimFactory) -> None:
+    with running_with_workers(sim_factory) as (sim, process, workers):
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         code, stderr = sim.finish(timeout=10)
@@ -220,9 +231,6 @@ def test_sigterm_stops_the_pool_and_exits_143(sim_factory: SimFactory) -> None:
         assert (last["type"], last["message"]) == ("error", "terminated by SIGTERM")
         assert "SIGTERM" in stderr
         wait_until(lambda: not any(alive(worker.pid) for worker in workers), 5, "workers to end")
-    finally:
-        for worker in workers:
-            kill_quietly(worker.pid)
 
 
 def started_points(sim: Sim) -> int:
@@ -298,14 +306,7 @@ def test_a_worker_crash_ends_the_run_with_its_traceback(
 
 def test_a_killed_worker_ends_the_run_at_once_with_exit_1(sim_factory: SimFactory) -> None:
     """The out-of-memory killer's SIGKILL: the standard-library Pool would wait forever."""
-    sim = sim_factory({"general_settings.num_requests": "100000000"})  # runs for minutes
-    process = sim.start()
-    workers_expected = min(os.cpu_count() or 1, 2)
-    workers: list[psutil.Process] = []
-    try:
-        wait_until(lambda: started_points(sim) == workers_expected, 10, "the workers to start")
-        workers = psutil.Process(process.pid).children(recursive=True)
-        assert len(workers) == workers_expected
+    with running_with_workers(sim_factory) as (sim, _process, workers):
         victim = workers[-1]
 
         victim.kill()
@@ -321,9 +322,6 @@ def test_a_killed_worker_ends_the_run_at_once_with_exit_1(sim_factory: SimFactor
         assert stderr == f"refsim: {last['message']}\n"
         assert "complete" not in [event["type"] for event in sim.events()]
         wait_until(lambda: not any(alive(worker.pid) for worker in workers), 5, "workers to end")
-    finally:
-        for worker in workers:
-            kill_quietly(worker.pid)
 
 
 def in_process(sim: Sim) -> int:
