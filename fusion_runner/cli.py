@@ -146,20 +146,25 @@ def non_negative(text: str) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
+    from fusion_runner import logformat, worker_lock
+    from fusion_runner.errors import AlreadyRunning
     from fusion_runner.supervisor import Supervisor
     from fusion_runner.systemd import Notifier
 
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    # Run ids and other client text go into messages: escaped, they cannot split or forge a line.
+    logformat.install("%(asctime)s %(levelname)s %(message)s")
     # watchdog logs every inotify event at DEBUG: noise, and a loop when the
     # daemon's own log file lies in the database's folder.
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))
     store = Store.open(settings.database_url)
     try:
-        return Supervisor(settings, store, notifier=Notifier()).run()
+        # Held until the daemon exits, taken before it reconciles anything: a
+        # second daemon of this worker_id would start its runs a second time.
+        with worker_lock.acquire(settings.database_url, settings.worker_id):
+            return Supervisor(settings, store, notifier=Notifier()).run()
+    except AlreadyRunning as error:
+        return fail(str(error), EXIT_USAGE)
     finally:
         store.close()
 

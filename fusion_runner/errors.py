@@ -24,3 +24,11 @@ class InvalidRun(FusionRunnerError):
 
 class UnknownRun(FusionRunnerError):
     """No run has that id."""
+
+
+class DatabaseError(FusionRunnerError):
+    """The database refused or failed a statement (locked, unreachable, read-only)."""
+
+
+class AlreadyRunning(FusionRunnerError):
+    """Another fusion-runner daemon already serves this worker_id on this database."""

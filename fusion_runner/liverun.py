@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from fusion_runner import outcome, process, rundir
@@ -19,6 +20,9 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"
     DELETED = "deleted"
     SHUTDOWN = "shutdown"
+    # A client wrote another final status (FAILED, COMPLETED) or one the SPEC
+    # does not name: the row keeps it, the processes are stopped as for a cancel.
+    CLIENT_STATUS = "client_status"
 
 
 @dataclass
@@ -28,7 +32,11 @@ class LiveRun:
     process: process.RunProcess
     reader: ProgressReader
     adopted: bool = False  # started by an earlier daemon: not our child to reap
+    # pid, pgid and started_at are in the row: until then every pass tries again.
+    start_recorded: bool = True
+    started_at: datetime | None = None
     stop_reason: StopReason | None = None
+    client_status: str | None = None  # the status a client wrote, with CLIENT_STATUS
     kill_at: float | None = None
     killed: bool = False
     exited: bool = False
@@ -55,23 +63,36 @@ class LiveRun:
                 f"no runner watched{reused} and left no exit record in {self.paths.exit_record}")
 
     def exit_record(self) -> outcome.ExitRecord | None:
-        try:
-            return outcome.ExitRecord.from_json(self.paths.exit_record.read_text())
-        except (OSError, ValueError):
-            return None
+        """The shim's record: from exit.json, else the copy it sent down its status pipe."""
+        record = read_exit_record(self.paths)
+        if record is not None:
+            return record
+        piped = process.piped_record(self.process)
+        return None if piped is None else outcome.ExitRecord.from_json(piped)
 
     def log_tail(self) -> str:
-        try:
-            with open(self.paths.log_file, "rb") as log_file:
-                size = log_file.seek(0, os.SEEK_END)
-                # One byte more than kept, so that a cut first line can be told and dropped.
-                log_file.seek(max(size - LOG_TAIL_BYTES - 1, 0))
-                return outcome.tail_text(log_file.read(), LOG_TAIL_BYTES)
-        except OSError:
-            return ""
+        return read_log_tail(self.paths)
 
     def outcome(self) -> outcome.Outcome:
         """How the run ended, from its exit status; progress only adds to the message."""
         return outcome.decide(
             self.exit_record(), self.wait_status, self.reader.progress.last_error, self.log_tail()
         )
+
+
+def read_exit_record(paths: rundir.RunPaths) -> outcome.ExitRecord | None:
+    try:
+        return outcome.ExitRecord.from_json(paths.exit_record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_log_tail(paths: rundir.RunPaths) -> str:
+    try:
+        with open(paths.log_file, "rb") as log_file:
+            size = log_file.seek(0, os.SEEK_END)
+            # One byte more than kept, so that a cut first line can be told and dropped.
+            log_file.seek(max(size - LOG_TAIL_BYTES - 1, 0))
+            return outcome.tail_text(log_file.read(), LOG_TAIL_BYTES)
+    except OSError:
+        return ""

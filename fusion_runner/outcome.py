@@ -29,6 +29,9 @@ class ExitRecord:
     spawn_error: str | None
     cpu_seconds: float = 0.0
     max_rss_kib: int = 0
+    # Why exit.json could not be saved, in the copy the shim piped to the daemon.
+    record_error: str | None = None
+    shim_pid: int | None = None
 
     @classmethod
     def from_json(cls, text: str) -> ExitRecord | None:
@@ -45,6 +48,8 @@ class ExitRecord:
             spawn_error=fields.get("spawn_error"),
             cpu_seconds=float(fields.get("cpu_seconds", 0.0)),
             max_rss_kib=fields.get("max_rss_kib", 0),
+            record_error=_text_or_none(fields.get("record_error")),
+            shim_pid=_pid_or_none(fields.get("shim_pid")),
         )
 
     def to_json(self) -> str:
@@ -65,6 +70,14 @@ def _is_well_formed(fields: dict[str, object]) -> bool:
         and 0 <= cpu_seconds < math.inf  # False for NaN too
         and _is_int_in(fields.get("max_rss_kib", 0), 0, None)
     )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _pid_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and _is_int_in(value, 1, None) else None
 
 
 def _is_int_in(value: object, low: int, high: int | None) -> bool:
@@ -99,11 +112,15 @@ def decide(
     if record is not None and record.exit_code == 0:
         return Outcome(RunStatus.COMPLETED, None)
     detail = (last_error or "").strip() or log_tail.strip()
-    if record is not None and record.signal is not None:
-        return _failed(f"killed by signal {signal_name(record.signal)}", detail)
-    if record is not None:
-        return _failed(f"exit code {record.exit_code}", detail)
-    return _failed(_shim_head(wait_status), detail)
+    if record is None:
+        return _failed(_shim_head(wait_status), detail)
+    if record.signal is not None:
+        head = f"killed by signal {signal_name(record.signal)}"
+    else:
+        head = f"exit code {record.exit_code}"
+    if record.record_error:
+        head = f"{head} ({record.record_error})"
+    return _failed(head, detail)
 
 
 def _shim_head(wait_status: int | None) -> str:

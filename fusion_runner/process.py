@@ -1,7 +1,8 @@
 """Where a run executes: spawn its shim, know its processes, stop them.
 
 This is the seam for other executors: the supervisor only calls `spawn`,
-`signal_tree`, `tree_gone`, `reap` and `reap_orphans`.
+`signal_tree`, `tree_gone`, `reap`, `find_shim`, `left_a_trace` and the
+status pipe's `piped_record` / `close_status_pipe`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from fusion_runner.rundir import RunPaths
 SHIM_PATH = str(Path(shim.__file__).resolve())
 # Python ignores these; a child must start with the default action.
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# The shim's end of its status pipe, in the shim.
+SHIM_STATUS_FD = 3
+MAX_RECORD_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ class RunProcess:
     descendants: set[Identity] = field(default_factory=set)
     # False once the shim's pid is seen reused: its group is then a stranger's.
     owns_group: bool = True
+    # Our end of the pipe down which the shim sends its exit record as it ends,
+    # so the outcome survives an exit.json that cannot be written. None once
+    # read, and for runs an earlier daemon started.
+    status_fd: int | None = None
+    piped: bytes = b""
 
     @property
     def pid(self) -> int:
@@ -70,27 +79,83 @@ def set_child_subreaper() -> bool:
 
 
 def spawn(paths: RunPaths, argv: list[str], env: dict[str, str], grace: float) -> RunProcess:
-    """Start the run's shim in a new session; raises OSError if it cannot start."""
+    """Start the run's shim in a new session; raises OSError if it cannot start.
+
+    The spawn marker is written first, so that a daemon that dies at any
+    moment after it never takes the run for one that was never started.
+    """
     shim_argv = [
         sys.executable, "-I", "-S", SHIM_PATH,
         "--run-dir", str(paths.run_dir),
         "--record", str(paths.exit_record),
         "--grace", repr(grace),
+        "--status-fd", str(SHIM_STATUS_FD),
         "--", *argv,
     ]
+    read_fd, write_fd = _status_pipe()
     log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     file_actions = [
+        (os.POSIX_SPAWN_DUP2, write_fd, SHIM_STATUS_FD),  # dup2 clears close-on-exec
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(paths.log_file), log_flags, 0o640),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    pid = os.posix_spawn(
-        sys.executable, shim_argv, env,
-        file_actions=file_actions, setsid=True, setsigdef=_RESTORED_SIGNALS,
-    )
+    try:
+        _write_spawn_marker(paths.spawn_marker)
+        pid = os.posix_spawn(
+            sys.executable, shim_argv, env,
+            file_actions=file_actions, setsid=True, setsigdef=_RESTORED_SIGNALS,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
     # An unreaped child's pid cannot be reused, so this read is race-free.
     start_time = psutil.Process(pid).create_time()
-    return RunProcess(shim=Identity(pid, start_time), pgid=pid)
+    return RunProcess(shim=Identity(pid, start_time), pgid=pid, status_fd=read_fd)
+
+
+def _status_pipe() -> tuple[int, int]:
+    """A pipe whose write end is not SHIM_STATUS_FD itself (dup2 onto itself keeps
+    close-on-exec set) and whose read end never blocks the loop."""
+    read_fd, write_fd = os.pipe()
+    if write_fd == SHIM_STATUS_FD:
+        moved = os.dup(write_fd)
+        os.close(write_fd)
+        write_fd = moved
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
+def _write_spawn_marker(path: Path) -> None:
+    # No fsync: the marker only has to outlive the daemon, not the machine.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(path, flags, 0o640))
+
+
+def piped_record(run: RunProcess) -> str | None:
+    """What the shim sent down its status pipe; None until the shim has ended."""
+    if run.status_fd is not None:
+        try:
+            while chunk := os.read(run.status_fd, MAX_RECORD_BYTES):
+                run.piped += chunk
+        except BlockingIOError:
+            return None  # the write end is still open: the shim has not ended
+        close_status_pipe(run)
+    return run.piped.decode(errors="replace") or None
+
+
+def close_status_pipe(run: RunProcess) -> None:
+    if run.status_fd is not None:
+        os.close(run.status_fd)
+        run.status_fd = None
+
+
+def left_a_trace(paths: RunPaths) -> bool:
+    """Whether a spawn of this run may have happened: anything a spawn leaves behind."""
+    traces = (paths.spawn_marker, paths.exit_record, paths.log_file, paths.progress_file)
+    return any(path.exists() for path in traces)
 
 
 def _children(pid: int) -> list[int]:

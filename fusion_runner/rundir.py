@@ -22,7 +22,9 @@ DIR_MODE = 0o750
 CONFIG_MODE = 0o640
 MAX_VALUE_DEPTH = 64
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+# Not control characters, but str.splitlines, editors and log viewers end a line at them.
+_LINE_SEPARATOR = re.compile(r"[\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _INI_SYNTAX = re.compile(r"[\[\]=:]")
 _PLACEHOLDER = re.compile(r"\{(python|run_id|run_dir|config|progress|output_dir|log)\}")
@@ -73,7 +75,9 @@ def _check_section(section: str, options: object) -> None:
             raise InvalidRun(
                 f"config_json: key name {_quote(key)} in section {_quote(section)} {problem}"
             )
-        _check_value(_shorten(f"{section}.{key}"), value)
+        where = _shorten(f"{section}.{key}")
+        _check_value(where, value)
+        _check_ends(where, value)
 
 
 def _name_problem(name: str, *, is_key: bool) -> str | None:
@@ -112,9 +116,22 @@ def _check_value(where: str, value: object) -> None:
                 raise InvalidRun(f"config_json: value of {where} {problem}")
 
 
+def _check_ends(where: str, value: object) -> None:
+    # configparser strips a value's ends (str.strip: spaces, tabs, no-break spaces, U+3000 ...)
+    # when the simulation reads it back. Only a top-level string is written bare: strings in
+    # arrays and objects are quoted JSON, and "" reads back as "".
+    if isinstance(value, str) and value != value.strip():
+        raise InvalidRun(
+            f"config_json: value of {where} has leading or trailing whitespace,"
+            " which config.ini cannot keep"
+        )
+
+
 def _text_problem(text: str) -> str | None:
     if found := _CONTROL.search(text):
         return f"contains a control character ({found.group()!r})"
+    if found := _LINE_SEPARATOR.search(text):
+        return f"contains a line separator ({found.group()!r})"
     if found := _SURROGATE.search(text):
         return f"contains an unpaired surrogate ({found.group()!r})"
     return None
@@ -171,6 +188,8 @@ class RunPaths:
     progress_file: Path
     output_dir: Path
     exit_record: Path
+    # Written right before the spawn: a run that has it may have started.
+    spawn_marker: Path
 
     @classmethod
     def under(cls, runs_dir: Path, run_id: str) -> RunPaths:
@@ -183,6 +202,7 @@ class RunPaths:
             progress_file=run_dir / "progress.jsonl",
             output_dir=run_dir / "output",
             exit_record=run_dir / "exit.json",
+            spawn_marker=run_dir / ".spawned",
         )
 
 

@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--record", required=True)
     parser.add_argument("--grace", type=float, default=10.0)
+    # Where the daemon that started us reads the record too, so that the
+    # outcome survives an exit.json that cannot be written.
+    parser.add_argument("--status-fd", type=int, default=None)
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -121,29 +124,87 @@ def stop_leftovers(grace: float) -> None:
             return
 
 
-def write_record(path: str, fields: dict[str, object]) -> None:
+def write_record(path: str, fields: dict[str, object], status_fd: int | None) -> None:
+    """exit.json (atomically), and the same record down the status pipe.
+
+    A record that cannot be saved (run folder gone, disk full) leaves no
+    temporary file; the OS error travels in the piped copy and on stderr.
+    """
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     fields["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
     fields["max_rss_kib"] = usage.ru_maxrss
+    fields["shim_pid"] = os.getpid()
+    try:
+        save(path, json.dumps(fields))
+    except OSError as error:
+        fields["record_error"] = f"exit record not saved: {error}"
+        print(f"fusion-runner shim: {fields['record_error']}", file=sys.stderr)
+    if status_fd is not None:
+        # The daemon may be gone (it detached): then nobody reads the pipe.
+        with contextlib.suppress(OSError):
+            os.write(status_fd, json.dumps(fields).encode())
+
+
+def save(path: str, text: str) -> None:
     temporary = f"{path}.tmp"
-    with open(temporary, "w") as record:
-        json.dump(fields, record)
-        record.flush()
-        os.fsync(record.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as record:
+            record.write(text)
+            record.flush()
+            os.fsync(record.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
-def record_of(status: int) -> tuple[dict[str, object], int]:
+def record_of(status: int) -> dict[str, object]:
+    if os.WIFSIGNALED(status):
+        return {"exit_code": None, "signal": os.WTERMSIG(status), "spawn_error": None}
+    code = os.waitstatus_to_exitcode(status)
+    return {"exit_code": code, "signal": None, "spawn_error": None}
+
+
+def end_as(status: int) -> None:
+    """Exit as the simulation did: its exit code, or death by its signal.
+
+    So the daemon that is our parent learns the outcome even from the wait
+    status alone.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
-        return {"exit_code": None, "signal": signum, "spawn_error": None}, 128 + signum
-    code = os.waitstatus_to_exitcode(status)
-    return {"exit_code": code, "signal": None, "spawn_error": None}, code
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the simulation's core, not ours
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # a signal whose default is not to end a process
+    # Skip interpreter teardown (~6 ms): the run's end is waiting on this exit.
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def exited_with(code: int) -> int:
+    """The wait status of a process that exited with `code`."""
+    return (code & 0xFF) << 8
+
+
+def close_other_descriptors(keep: int | None) -> None:
+    if keep is None:
+        os.closerange(3, 1 << 16)
+        return
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+    # Ours alone: the simulation must not hold the daemon's pipe open.
+    os.set_inheritable(keep, False)
 
 
 def main(argv: Sequence[str]) -> int:
+    """Run the simulation; the wait status to end with (see `end_as`)."""
     args = parse_args(argv)
-    os.closerange(3, 1 << 16)
+    close_other_descriptors(args.status_fd)
     os.chdir(args.run_dir)
     become_subreaper()
     ignore_stop_signals()
@@ -154,17 +215,13 @@ def main(argv: Sequence[str]) -> int:
     except OSError as error:
         print(f"fusion-runner: cannot start {args.command[0]!r}: {error}", file=sys.stderr)
         fields: dict[str, object] = {"exit_code": None, "signal": None, "spawn_error": str(error)}
-        write_record(args.record, fields)
-        return SPAWN_FAILED_EXIT
-    fields, exit_code = record_of(wait_for(sim_pid))
+        write_record(args.record, fields, args.status_fd)
+        return exited_with(SPAWN_FAILED_EXIT)
+    status = wait_for(sim_pid)
     stop_leftovers(args.grace)
-    write_record(args.record, fields)
-    return exit_code
+    write_record(args.record, record_of(status), args.status_fd)
+    return status
 
 
 if __name__ == "__main__":
-    status = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown (~6 ms): the run's end is waiting on this exit.
-    os._exit(status)
+    end_as(main(sys.argv[1:]))

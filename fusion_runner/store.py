@@ -8,7 +8,8 @@ client's concurrent change is never overwritten. Hot paths use SQLAlchemy Core.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+import sqlite3
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from fusion_runner import config as config_module
-from fusion_runner.errors import ConfigError, SchemaError
+from fusion_runner.errors import ConfigError, DatabaseError, SchemaError
 from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunStatus
 from fusion_runner.progress import PROGRESS_COLUMNS
 
@@ -43,6 +44,9 @@ claims = cast(Table, RunClaim.__table__)
 # daemon may win some of them.
 CLAIM_CANDIDATES = 8
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Every error a statement can end with, through SQLAlchemy or on the raw
+# DBAPI connection (translated to DatabaseError): the loop outlives them all.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
 
 
 # Hot statements are built once: building a statement costs more than running
@@ -96,7 +100,7 @@ class OwnedRun:
     """A run a daemon with this worker id claimed and has not finished."""
 
     id: str
-    status: RunStatus
+    status: str  # as the row has it: a client may have written any text
     pid: int | None
     pgid: int | None
     process_start_time: float | None
@@ -188,17 +192,25 @@ class Store:
             row = cursor.fetchone()
             version = int(row[0]) if row else 0
             cursor.close()
+        except sqlite3.Error as error:
+            raise DatabaseError(f"PRAGMA data_version: {error}") from error
         finally:
             connection.close()
         changed = version != self._data_version
         self._data_version = version
         return changed
 
-    def claim_next(self, worker_id: str) -> ClaimedRun | None:
-        """PENDING -> RUNNING for the oldest run another daemon has not won."""
+    def claim_next(self, worker_id: str, busy: Collection[str] = ()) -> ClaimedRun | None:
+        """PENDING -> RUNNING for the oldest run another daemon has not won.
+
+        Runs in `busy` are skipped: a client set one back to PENDING while its
+        processes are still being stopped, and it must not run twice at once.
+        """
         with self.engine.connect() as conn:
             candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
+            if candidate.id in busy:
+                continue
             if self._try_claim(candidate.id, worker_id):
                 return ClaimedRun(candidate.id, candidate.config_json)
         return None
@@ -215,12 +227,14 @@ class Store:
             return won
 
     def mark_started(
-        self, run_id: str, *, pid: int, pgid: int, process_start_time: float, run_dir: Path
+        self, run_id: str, *, pid: int, pgid: int, process_start_time: float, run_dir: Path,
+        started_at: datetime | None = None,
     ) -> bool:
         """Record the spawned process; False if the run is no longer RUNNING."""
         with self.engine.begin() as conn:
             won = _conditional_update(
-                conn, run_id, RunStatus.RUNNING, pid=pid, pgid=pgid, started_at=utcnow()
+                conn, run_id, RunStatus.RUNNING, pid=pid, pgid=pgid,
+                started_at=started_at or utcnow(),
             )
             conn.execute(
                 update(claims)
@@ -231,7 +245,7 @@ class Store:
             return won
 
     def transition(
-        self, run_id: str, expected: RunStatus, new: RunStatus, **fields: object
+        self, run_id: str, expected: str, new: str, **fields: object
     ) -> bool:
         """expected -> new with `fields`, only if the row still has `expected`."""
         with self.engine.begin() as conn:
@@ -270,19 +284,34 @@ class Store:
                 (offset, run_id),
             )
             connection.commit()
-        except BaseException:
+        except BaseException as error:
             connection.rollback()
+            if isinstance(error, sqlite3.Error):
+                raise DatabaseError(f"progress of run {run_id}: {error}") from error
             raise
         finally:
             connection.close()
         self.writes += 1
         return won
 
-    def owned_unfinished(self, worker_id: str) -> list[OwnedRun]:
-        """RUNNING runs claimed under `worker_id`, and its CANCELLED ones not completed."""
-        unfinished = (runs.c.status == RunStatus.RUNNING) | (
-            (runs.c.status == RunStatus.CANCELLED) & runs.c.completed_at.is_(None)
+    def complete_client_status(self, run_id: str, status: str) -> bool:
+        """completed_at of a run a client ended with `status`, if the client left it unset."""
+        statement = (
+            update(runs)
+            .where((runs.c.id == run_id) & (runs.c.status == status)
+                   & runs.c.completed_at.is_(None))
+            .values(completed_at=utcnow())
         )
+        with self.engine.begin() as conn:
+            return bool(conn.execute(statement).rowcount == 1)
+
+    def owned_unfinished(self, worker_id: str) -> list[OwnedRun]:
+        """Runs claimed under `worker_id` that are not PENDING and have no completed_at.
+
+        RUNNING ones, and those a client ended (CANCELLED, FAILED, any other
+        text) whose processes may still have to be stopped.
+        """
+        unfinished = (runs.c.status != RunStatus.PENDING) & runs.c.completed_at.is_(None)
         query = (
             select(runs, claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset)
             .join(claims, claims.c.run_id == runs.c.id)
@@ -292,7 +321,7 @@ class Store:
         with self.engine.connect() as conn:
             return [
                 OwnedRun(
-                    id=row.id, status=RunStatus(row.status), pid=row.pid, pgid=row.pgid,
+                    id=row.id, status=row.status, pid=row.pid, pgid=row.pgid,
                     process_start_time=row.process_start_time, run_dir=row.run_dir,
                     progress_offset=row.progress_offset,
                     progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
@@ -311,14 +340,17 @@ class Store:
                 conn.execute(delete(claims).where(claims.c.run_id == run_id))
             return won
 
-    def statuses(self, run_ids: Iterable[str]) -> dict[str, RunStatus]:
-        """Current status of each id that still has a row (a deleted run is absent)."""
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """Current status of each id that still has a row (a deleted run is absent).
+
+        As the row has it: a client may write a status the SPEC does not name.
+        """
         ids = list(run_ids)
         if not ids:
             return {}
         with self.engine.connect() as conn:
             rows = conn.execute(_STATUSES, {"ids": ids})
-            return {row.id: RunStatus(row.status) for row in rows}
+            return {row.id: str(row.status) for row in rows}
 
     def complete_cancelled_pending(self) -> list[str]:
         """Set `completed_at` of runs cancelled before any daemon claimed them."""
@@ -354,14 +386,18 @@ class Store:
             rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
             return {status: count for status, count in rows.tuples()}
 
-    def cancel(self, run_id: str) -> tuple[RunStatus | None, bool]:
-        """The status the run had, and whether this call cancelled it."""
+    def cancel(self, run_id: str) -> tuple[str | None, bool]:
+        """The status the run had, and whether this call cancelled it.
+
+        Only PENDING and RUNNING runs are cancelled: a final status, or one the
+        SPEC does not name, is left as it is.
+        """
         for _ in range(3):
             row = self.get_run(run_id)
             if row is None:
                 return None, False
-            before = RunStatus(row.status)
-            if before.is_final:
+            before = str(row.status)
+            if before not in (RunStatus.PENDING, RunStatus.RUNNING):
                 return before, False
             # PENDING -> CANCELLED, RUNNING -> CANCELLED (the client's move)
             if self.transition(run_id, before, RunStatus.CANCELLED):
@@ -415,7 +451,7 @@ class Store:
 
 
 def _conditional_update(
-    conn: Connection, run_id: str, expected: RunStatus, **values: object
+    conn: Connection, run_id: str, expected: str, **values: object
 ) -> bool:
     statement = _conditional_update_statement(tuple(sorted(values)))
     parameters = {f"new_{column}": value for column, value in values.items()}

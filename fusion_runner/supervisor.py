@@ -1,10 +1,15 @@
 """The main loop: every state change of a run happens in this module.
 
 `run()` reconciles what an earlier daemon left, then waits for a wake-up and
-calls `step(now)`, which does one pass: reap exits, notice cancels and
-deletions, escalate kills whose grace has passed, read and write progress,
-finalise ended runs, complete cancelled PENDING runs, then claim and spawn up
-to capacity. Nothing else changes a run.
+calls `step(now)`, which does one pass: reap exits, write what an earlier pass
+could not, notice clients' cancels, deletions and other statuses, escalate
+kills whose grace has passed, read and write progress, finalise ended runs,
+complete cancelled PENDING runs, then claim and spawn up to capacity. Nothing
+else changes a run.
+
+One rule holds here: nothing a client, the database or a simulation does ends
+the daemon. A pass that fails leaves every run as it is, and the next pass
+does what is left; only a bad configuration at start and a stop signal end it.
 """
 
 from __future__ import annotations
@@ -15,17 +20,16 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-
-from sqlalchemy.exc import SQLAlchemyError
+from datetime import UTC, datetime
+from pathlib import Path
 
 from fusion_runner import config as config_module
-from fusion_runner import outcome, process, rundir
+from fusion_runner import liverun, outcome, process, rundir
 from fusion_runner.config import Config, sqlite_path
-from fusion_runner.errors import InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
 from fusion_runner.progress import ProgressReader
-from fusion_runner.store import ClaimedRun, OwnedRun, Store, utcnow
+from fusion_runner.store import DATABASE_ERRORS, ClaimedRun, OwnedRun, Store, utcnow
 from fusion_runner.systemd import Notifier
 from fusion_runner.wakeups import Reason, Wakeup, Wakeups
 
@@ -45,6 +49,8 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 LIVE_POLL_SECONDS = 0.05
 # How often at most systemd's STATUS= line is refreshed.
 STATUS_SECONDS = 1.0
+# How often at most one and the same failure of a pass is logged again.
+TROUBLE_LOG_SECONDS = 30.0
 
 
 class Supervisor:
@@ -74,6 +80,11 @@ class Supervisor:
         self._status_due = 0.0
         self._capacity_freed = True
         self._writes_seen = 0
+        # Failed runs whose final status a database error kept from the row.
+        self._unwritten_failures: dict[str, str] = {}
+        # After a failed pass, look at clients' changes again whatever data_version says.
+        self._database_unsure = False
+        self._trouble: tuple[str, float] = ("", float("-inf"))
 
     # --- the loop ---------------------------------------------------------
 
@@ -89,7 +100,7 @@ class Supervisor:
         sqlite_file = sqlite_path(self.config.database_url)
         if sqlite_file is not None:
             wakeups.watch_database(sqlite_file)
-        self.reconcile(self.clock())
+        self._reconcile_until_done(wakeups)
         self.notifier.ready()
         log.info("action=ready worker=%s database=%s runs_dir=%s max_concurrent_runs=%d",
                  self.config.worker_id, config_module.redacted_url(self.config.database_url),
@@ -109,14 +120,7 @@ class Supervisor:
             now = self.clock()
             watchdog_at = self._ping_watchdog(now, watchdog_at)
             wakeups.rearm_database()  # before the look, so no later commit goes unseen
-            try:
-                self.step(now, database_changed=self.store.changed_by_others())
-            except SQLAlchemyError as error:
-                # A locked or unreachable database must not end the daemon:
-                # every run stays as it is and the next pass tries again.
-                log.error("action=database_error error=%s", _first_line(str(error)))
-                self._wake_by(now + self.config.poll_interval_seconds)
-            self._report_status(now)
+            self._guarded_pass(now)
             deadlines = [d for d in (self._next_deadline, *rechecks[:1], watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
             if self.live:
@@ -127,12 +131,44 @@ class Supervisor:
                 timeout = min(timeout, max(min(deadlines) - self.clock(), 0.0))
             rechecks = self._take(wakeups.wait(timeout), rechecks)
 
+    def _guarded_pass(self, now: float) -> None:
+        """One pass and the status line; the one place where a failure stops, and only
+        for this pass: what it did not do, the next pass does."""
+        try:
+            changed = self.store.changed_by_others() or self._database_unsure
+            self.step(now, database_changed=changed)
+            self._report_status(now)
+            self._database_unsure = False
+        except DATABASE_ERRORS as error:
+            # Locked past the busy timeout, unreachable, read-only: every run
+            # stays as it is and its unwritten changes wait in memory.
+            self._pass_failed(now, "database_error", error)
+        except Exception as error:
+            # A value or state nobody foresaw: the traceback is for us, the
+            # runs must go on being supervised.
+            self._pass_failed(now, "internal_error", error, with_traceback=True)
+
+    def _pass_failed(
+        self, now: float, action: str, error: Exception, *, with_traceback: bool = False
+    ) -> None:
+        self._database_unsure = True
+        self._wake_by(now + self.config.poll_interval_seconds)
+        text = f"{type(error).__name__}: {_first_line(str(error))}"
+        last_text, logged_at = self._trouble
+        if text != last_text or now >= logged_at + TROUBLE_LOG_SECONDS:
+            self._trouble = (text, now)
+            log.error("action=%s error=%s retry_in=%ss", action, text,
+                      self.config.poll_interval_seconds, exc_info=with_traceback)
+
     def _take(self, woken: list[Wakeup], rechecks: list[float]) -> list[float]:
         """Note what the wake-ups say; the database re-check times that follow."""
         database = False
         for wakeup in woken:
             if wakeup.reason is Reason.PROGRESS:
                 self._progress_changed.add(wakeup.key)
+            elif wakeup.reason is Reason.HANGUP:
+                log.warning("action=sighup_ignored detail='the configuration is read at start "
+                            "only: restart the daemon to apply a change'")
             database = database or wakeup.reason is Reason.DATABASE
         now = self.clock()
         if database:
@@ -182,8 +218,10 @@ class Supervisor:
         """
         self._next_deadline = None
         self._reap()
+        self._record_starts(now)
+        self._write_failures()
         if database_changed:
-            self._notice_cancels_and_deletions(now)
+            self._notice_client_changes(now)
         if self.stopping and self.config.on_shutdown == "terminate":
             self._stop_all_for_shutdown(now)
         self._escalate_kills(now)
@@ -197,9 +235,20 @@ class Supervisor:
 
     # --- restart: what an earlier daemon with our worker id left -------------
 
+    def _reconcile_until_done(self, wakeups: Wakeups) -> None:
+        while not self.stopping:
+            try:
+                self.reconcile(self.clock())
+                return
+            except DATABASE_ERRORS as error:
+                self._pass_failed(self.clock(), "database_error", error)
+                self._take(wakeups.wait(self.config.poll_interval_seconds), [])
+
     def reconcile(self, now: float) -> None:
         """Adopt live runs, give ended ones their true outcome, requeue unspawned ones."""
         for owned in self.store.owned_unfinished(self.config.worker_id):
+            if owned.id in self.live:
+                continue  # adopted by an earlier try that a database error cut short
             if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
                 self._reconcile_unrecorded(owned, now)
                 continue
@@ -215,25 +264,51 @@ class Supervisor:
         else:
             run.exited = True
             run.process.owns_group = not shim.is_reused()
-        if owned.status is RunStatus.CANCELLED:
-            self._begin_stop(run, StopReason.CANCELLED, now)
+        if owned.status != RunStatus.RUNNING:
+            self._begin_stop(run, _stop_reason(owned.status), now, owned.status)
 
     def _reconcile_unrecorded(self, owned: OwnedRun, now: float) -> None:
         # The daemon died after claiming: before spawning (nothing runs), or
-        # after spawning but before recording it (the shim is found by the run
-        # id in its environment). Only the first may run again.
+        # after spawning but before recording it. Only the first may run again,
+        # and "never spawned" needs more than the absence of a live process.
         shim = process.find_shim(owned.id)
+        paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
         if shim is not None:
             # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
             self.store.mark_started(owned.id, pid=shim.pid, pgid=shim.pid,
-                                    process_start_time=shim.start_time,
-                                    run_dir=self.config.runs_dir.resolve() / owned.id)
+                                    process_start_time=shim.start_time, run_dir=paths.run_dir)
             self._adopt(owned, shim, shim.pid, now)
-        elif owned.status is RunStatus.CANCELLED:
-            self._complete_cancelled(owned.id)
+        elif owned.status != RunStatus.RUNNING:
+            self._complete_client_status(owned.id, owned.status)
+        elif process.left_a_trace(paths):
+            self._finish_unwatched_start(owned.id, paths)
         # RUNNING -> PENDING: claimed, but nothing was ever spawned.
         elif self.store.release_claim(owned.id):
             log.warning("run=%s action=requeued reason=claimed_but_never_started", owned.id)
+
+    def _finish_unwatched_start(self, run_id: str, paths: rundir.RunPaths) -> None:
+        """A run whose spawn an earlier daemon began but never recorded, now ended."""
+        record = liverun.read_exit_record(paths)
+        reader = ProgressReader(paths.progress_file)
+        try:
+            columns = reader.poll()
+        except OSError:
+            columns = {}
+        if record is None:
+            result = outcome.Outcome(RunStatus.FAILED, (
+                f"the runner stopped while starting this run and no exit record was left in "
+                f"{paths.exit_record}; it is not started again, so that it never runs twice"))
+        else:
+            result = outcome.decide(record, None, reader.progress.last_error,
+                                    liverun.read_log_tail(paths))
+        started = _modified_at(paths.spawn_marker)
+        pid = None if record is None else record.shim_pid
+        # RUNNING -> COMPLETED | FAILED, with what the spawn left behind
+        if self.store.transition(run_id, RunStatus.RUNNING, result.status, pid=pid, pgid=pid,
+                                 started_at=started, completed_at=utcnow(),
+                                 error_message=result.error_message, **columns):
+            log.info("run=%s action=finished status=%s ended_unwatched=true%s",
+                     run_id, result.status, _error_field(result.error_message))
 
     # --- one pass, in order -----------------------------------------------
 
@@ -249,31 +324,35 @@ class Supervisor:
             if run.adopted and not run.exited and not run.process.shim.is_alive():
                 run.exited = True
 
-    def _notice_cancels_and_deletions(self, now: float) -> None:
+    def _notice_client_changes(self, now: float) -> None:
+        """Stop the runs whose row a client deleted or set to anything but RUNNING."""
         if not self.live:
             return
         statuses = self.store.statuses(self.live)
         for run in self.live.values():
-            if run.stop_reason is not None:
-                continue
             status = statuses.get(run.id)
-            if status is None:
-                self._begin_stop(run, StopReason.DELETED, now)
-            elif status is RunStatus.CANCELLED:
-                self._begin_stop(run, StopReason.CANCELLED, now)
+            if run.stop_reason is None and status != RunStatus.RUNNING:
+                self._begin_stop(run, _stop_reason(status), now, status)
 
     def _stop_all_for_shutdown(self, now: float) -> None:
         for run in self.live.values():
             if run.stop_reason is None:
                 self._begin_stop(run, StopReason.SHUTDOWN, now)
 
-    def _begin_stop(self, run: LiveRun, reason: StopReason, now: float) -> None:
-        run.stop_reason = reason
+    def _begin_stop(
+        self, run: LiveRun, reason: StopReason, now: float, client_status: str | None = None
+    ) -> None:
+        run.stop_reason, run.client_status = reason, client_status
         run.kill_at = now + self.config.stop_grace_seconds
+        if client_status is not None and client_status not in RunStatus.__members__:
+            log.warning("run=%s action=unknown_status status=%r detail='not a status of the "
+                        "SPEC: taken as a final status written by a client'",
+                        run.id, client_status)
         if not run.exited:
             process.signal_tree(run.process, signal.SIGTERM)
-            log.info("run=%s action=stopping reason=%s pgid=%d",
-                     run.id, reason.value, run.process.pgid)
+            log.info("run=%s action=stopping reason=%s%s pgid=%d", run.id, reason.value,
+                     f" status={client_status!r}" if reason is StopReason.CLIENT_STATUS else "",
+                     run.process.pgid)
 
     def _escalate_kills(self, now: float) -> None:
         for run in self.live.values():
@@ -346,8 +425,8 @@ class Supervisor:
         if run.stop_reason is StopReason.DELETED:
             log.info("run=%s action=stopped reason=deleted", run.id)
             return
-        if run.stop_reason is StopReason.CANCELLED:
-            self._complete_cancelled(run.id)
+        if run.stop_reason in (StopReason.CANCELLED, StopReason.CLIENT_STATUS):
+            self._complete_client_status(run.id, run.client_status or RunStatus.CANCELLED)
             return
         if run.stop_reason is StopReason.SHUTDOWN:
             result = outcome.Outcome(RunStatus.FAILED, "runner shut down")
@@ -361,18 +440,24 @@ class Supervisor:
             log.info("run=%s action=finished status=%s%s", run.id, result.status,
                      _error_field(result.error_message))
             return
-        # The client cancelled while the run was ending: the cancel wins.
-        self._complete_cancelled(run.id)
+        # A client cancelled (or ended, or deleted) it while it was ending: the client wins.
+        status = self.store.statuses([run.id]).get(run.id)
+        if status is not None:
+            self._complete_client_status(run.id, status)
 
-    def _complete_cancelled(self, run_id: str) -> None:
-        # CANCELLED -> CANCELLED (completed_at, once no process is left)
-        if self.store.transition(run_id, RunStatus.CANCELLED, RunStatus.CANCELLED,
-                                 completed_at=utcnow()):
-            log.info("run=%s action=finished status=CANCELLED", run_id)
+    def _complete_client_status(self, run_id: str, status: str) -> None:
+        """completed_at of a run a client ended, once no process of it is left.
+
+        The row keeps the client's status and message. A run set back to
+        PENDING gets none: it is to run again.
+        """
+        # X -> X (completed_at only), X being CANCELLED, FAILED, COMPLETED or any other text
+        if status != RunStatus.PENDING and self.store.complete_client_status(run_id, status):
+            log.info("run=%s action=finished status=%s", run_id, _status_field(status))
 
     def _claim_and_spawn(self, now: float) -> None:
         while len(self.live) < self.config.max_concurrent_runs:
-            claimed = self.store.claim_next(self.config.worker_id)
+            claimed = self.store.claim_next(self.config.worker_id, busy=self.live)
             if claimed is None:
                 return
             self._start(claimed, now)
@@ -383,28 +468,48 @@ class Supervisor:
             argv = rundir.expand_command(self.config.sim_command, paths, sys.executable)
             env = rundir.environment(paths, os.environ)
             spawned = process.spawn(paths, argv, env, self.config.stop_grace_seconds)
-        except (InvalidRun, OSError) as error:
-            self._fail_before_spawn(claimed.id, str(error))
+        except Exception as error:
+            # Whatever stops this run before its spawn (a bad row, a folder it
+            # cannot have, a command that is not there) fails this run alone.
+            self._fail_before_spawn(claimed.id, str(error) or type(error).__name__)
             return
-        run = LiveRun(claimed.id, paths, spawned, ProgressReader(paths.progress_file))
+        run = LiveRun(claimed.id, paths, spawned, ProgressReader(paths.progress_file),
+                      start_recorded=False, started_at=utcnow())
         self.live[run.id] = run
-        # RUNNING (claimed) -> RUNNING with pid, pgid, started_at
-        recorded = self.store.mark_started(
-            run.id, pid=spawned.pid, pgid=spawned.pgid,
-            process_start_time=spawned.shim.start_time, run_dir=paths.run_dir,
-        )
         self._watch(run)
         log.info("run=%s action=started pid=%d", run.id, spawned.pid)
+        self._record_start(run, now)
+
+    def _record_starts(self, now: float) -> None:
+        for run in list(self.live.values()):
+            if not run.start_recorded:
+                self._record_start(run, now)
+
+    def _record_start(self, run: LiveRun, now: float) -> None:
+        # RUNNING (claimed) -> RUNNING with pid, pgid, started_at; a database
+        # error leaves start_recorded False and a later pass tries again.
+        recorded = self.store.mark_started(
+            run.id, pid=run.process.pid, pgid=run.process.pgid,
+            process_start_time=run.process.shim.start_time, run_dir=run.paths.run_dir,
+            started_at=run.started_at,
+        )
+        run.start_recorded = True
         if not recorded:
             # Cancelled or deleted between claim and spawn: stop it now.
-            self._notice_cancels_and_deletions(now)
+            self._notice_client_changes(now)
 
     def _fail_before_spawn(self, run_id: str, message: str) -> None:
-        # RUNNING -> FAILED (nothing was spawned)
-        self.store.transition(run_id, RunStatus.RUNNING, RunStatus.FAILED,
-                              error_message=message, completed_at=utcnow())
         log.error("run=%s action=failed reason=%s", run_id, message)
+        self._unwritten_failures[run_id] = message
         self._capacity_freed = True
+        self._write_failures()
+
+    def _write_failures(self) -> None:
+        for run_id, message in list(self._unwritten_failures.items()):
+            # RUNNING -> FAILED (nothing was spawned)
+            self.store.transition(run_id, RunStatus.RUNNING, RunStatus.FAILED,
+                                  error_message=message, completed_at=utcnow())
+            del self._unwritten_failures[run_id]
 
     def _watch(self, run: LiveRun) -> None:
         if self.wakeups is not None:
@@ -412,6 +517,7 @@ class Supervisor:
             self.wakeups.watch_progress(run.id, run.paths.run_dir)
 
     def _forget(self, run: LiveRun) -> None:
+        process.close_status_pipe(run.process)
         del self.live[run.id]
         self._capacity_freed = True
         self._problems_logged_at.pop(run.id, None)
@@ -421,6 +527,27 @@ class Supervisor:
     def _wake_by(self, deadline: float) -> None:
         if self._next_deadline is None or deadline < self._next_deadline:
             self._next_deadline = deadline
+
+
+def _stop_reason(client_status: str | None) -> StopReason:
+    """Why a run is stopped when its row has `client_status` (None: deleted)."""
+    if client_status is None:
+        return StopReason.DELETED
+    if client_status == RunStatus.CANCELLED:
+        return StopReason.CANCELLED
+    return StopReason.CLIENT_STATUS
+
+
+def _modified_at(path: Path) -> datetime | None:
+    """A file's modification time as naive UTC, as the runs table stores times."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+    except OSError:
+        return None
+
+
+def _status_field(status: str) -> str:
+    return status if status in RunStatus.__members__ else repr(status)
 
 
 def _first_line(text: str) -> str:

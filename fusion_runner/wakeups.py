@@ -47,6 +47,7 @@ class Reason(enum.Enum):
     DATABASE = "database"  # the database file changed: a client may have written
     EXIT = "exit"  # a run's shim ended
     STOP = "stop"  # SIGTERM / SIGINT
+    HANGUP = "hangup"  # SIGHUP: what `systemctl reload` and log rotation send
     PROGRESS = "progress"  # a run's progress.jsonl changed
 
 
@@ -151,6 +152,9 @@ class Wakeups:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, handler)
+        # Its default action would end the daemon, silently and "successfully"
+        # for systemd's Restart=on-failure: the loop logs it and goes on.
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.put(Wakeup(Reason.HANGUP)))
 
     def close(self) -> None:
         if self._polling is not None:

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+pytest_plugins = ["tests.pgserver"]
+
 SIM = Path(__file__).parent / "sims" / "sim.py"
 T = TypeVar("T")
 
@@ -129,6 +131,7 @@ class Daemon:
     settings: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     ready_count: int = 0
+    log_name: str | None = None  # two daemons of one worker_id need two logs
 
     @property
     def database(self) -> Path:
@@ -140,7 +143,8 @@ class Daemon:
 
     @property
     def log(self) -> Path:
-        return self.root / f"daemon-{self.settings.get('worker-id', 'test')}.log"
+        name = self.log_name or f"daemon-{self.settings.get('worker-id', 'test')}.log"
+        return self.root / name
 
     def argv(self) -> list[str]:
         options = {

@@ -72,6 +72,8 @@ def test_missing_executable_gives_the_os_error(
         ("0123456789ab", '{"sim": 3}', "config_json"),
         ("0123456789ab", '{"sim": {"x": "two\\nlines"}}', "config_json"),
         ("0123456789ab", '{"sim": {"x": {"nested": ["a\\nb"]}}}', "config_json"),
+        ("0123456789ab", '{"sim": {"x": "a\\u0085b"}}', "x contains a control character"),
+        ("0123456789ab", '{"sim": {"x": ["a\\u2028b"]}}', "x contains a line separator"),
     ],
 )
 def test_bad_rows_fail_without_spawning_or_writing_outside_runs_dir(
@@ -89,6 +91,43 @@ def test_bad_rows_fail_without_spawning_or_writing_outside_runs_dir(
     assert not (daemon.runs_dir / run_id).exists()
     assert_next_good_run_completes(client)
     assert f"run={run_id} action=failed" in daemon.log_text()
+
+
+@pytest.mark.parametrize("value", ["padded ", " padded", "padded\u00a0", "\u3000"])
+def test_a_config_value_with_whitespace_ends_fails_naming_the_key(
+    daemon: Daemon, client: Client, value: str
+) -> None:
+    run_id = client.submit({"sim": {"name": value}})
+
+    row = client.wait_final(run_id)
+
+    assert row["status"] == "FAILED"
+    assert row["error_message"] == (
+        "config_json: value of sim.name has leading or trailing whitespace,"
+        " which config.ini cannot keep"
+    )
+    assert row["pid"] is None
+    assert not (daemon.runs_dir / run_id).exists()
+    assert_next_good_run_completes(client)
+
+
+@pytest.mark.parametrize("separator", ["\n", "\r\n", "\u2028", "\x85"])
+def test_a_run_id_cannot_split_or_forge_a_daemon_log_line(
+    daemon: Daemon, client: Client, separator: str
+) -> None:
+    run_id = f"abc{separator}FORGED action=started pid=1"
+
+    client.submit({"sim": {}}, run_id=run_id)
+    row = client.wait_final(run_id)
+
+    assert row["status"] == "FAILED"
+    assert row["error_message"].startswith("invalid run id")
+    assert row["pid"] is None
+    assert_next_good_run_completes(client)
+    lines = daemon.log_text().splitlines()  # splits at every line break Python knows
+    assert not [line for line in lines if line.startswith("FORGED")]
+    escaped = run_id.encode("unicode_escape").decode("ascii")
+    assert len([line for line in lines if f"run={escaped} action=failed" in line]) == 1
 
 
 def test_unreadable_sim_script_fails_the_run_not_the_daemon(

@@ -5,7 +5,8 @@ workers that sleep forever), ignore_term, setsid_child (a grandchild in its
 own session), signal (kill itself with it), marker (append FUSION_RUN_ID to
 that file), stdout/stderr (a line to print), progress (a JSON list of records
 to append to progress.jsonl), burst (that many plain progress records),
-until (wait for that file to exist before going on). Every pid it creates is listed in
+until (wait for that file to exist before going on), after (a JSON list of
+records to append to progress.jsonl once `until` exists). Every pid it creates is listed in
 {run_dir}/pids, so tests can check that none is left and clean up by pid.
 """
 
@@ -37,9 +38,11 @@ def worker(_: int) -> None:
     sleep_forever()
 
 
-def write_progress(sim: Mapping[str, str]) -> None:
-    records = json.loads(sim.get("progress", "[]"))
-    burst = int(sim.get("burst", "0"))
+def write_progress(sim: Mapping[str, str], key: str = "progress") -> None:
+    records = json.loads(sim.get(key, "[]"))
+    burst = int(sim.get("burst", "0")) if key == "progress" else 0
+    if not records and not burst:
+        return  # the file is only touched by a simulation that reports progress
     with open(os.environ["FUSION_PROGRESS_FILE"], "a") as progress:
         for record in records:
             progress.write(json.dumps(record) + "\n")
@@ -78,6 +81,7 @@ def main() -> int:
     if "until" in sim:
         while not os.path.exists(sim["until"]):
             time.sleep(0.01)
+        write_progress(sim, "after")
     if "signal" in sim:
         os.kill(os.getpid(), getattr(signal, sim["signal"]))
     if "workers" in sim:

@@ -208,6 +208,36 @@ def test_parse_returns_the_sections() -> None:
         ('{"s": {"k": {"x": "a\\nb"}}}', r"^config_json: value of s.k contains a control char"),
         ('{"s": {"k": {"a\\nb": 1}}}', r"^config_json: value of s.k contains a control char"),
         ('{"s": {"k": [[{"y": ["\\n"]}]]}}', r"^config_json: value of s.k contains a control"),
+        (
+            '{"s": {"k": "a\\u0085b"}}',
+            r"^config_json: value of s.k contains a control character \('\\x85'\)$",
+        ),
+        ('{"s": {"k": "\\u0080"}}', r"^config_json: value of s.k contains a control character"),
+        ('{"s": {"k": "\\u009f"}}', r"^config_json: value of s.k contains a control character"),
+        ('{"s": {"k": ["\\u0085"]}}', r"^config_json: value of s.k contains a control character"),
+        ('{"s": {"k": {"\\u0085": 1}}}', r"^config_json: value of s.k contains a control char"),
+        (
+            '{"s": {"k": "a\\u2028b"}}',
+            r"^config_json: value of s.k contains a line separator \('\\u2028'\)$",
+        ),
+        (
+            '{"s": {"k": "a\\u2029b"}}',
+            r"^config_json: value of s.k contains a line separator \('\\u2029'\)$",
+        ),
+        (
+            '{"s": {"k": [{"x": "\\u2028"}]}}',
+            r"^config_json: value of s.k contains a line separator",
+        ),
+        ('{"a\\u0085b": {}}', r"^config_json: section name 'a\\x85b' contains a control character"),
+        ('{"a\\u2029b": {}}', r"^config_json: section name 'a\\u2029b' contains a line separator"),
+        (
+            '{"s": {"a\\u009fb": 1}}',
+            r"^config_json: key name 'a\\x9fb' in section 's' contains a con",
+        ),
+        (
+            '{"s": {"a\\u2028b": 1}}',
+            r"^config_json: key name 'a\\u2028b' in section 's' contains a li",
+        ),
         ('{"s": {"k": "\\ud800"}}', r"^config_json: value of s.k contains an unpaired surrogate"),
         ('{"s\\ud800": {}}', r"^config_json: section name .* contains an unpaired surrogate"),
         ('{"s": {"k": ' + "[" * 70 + "]" * 70 + "}}", r"^config_json: value of s.k is nested more"),
@@ -246,9 +276,11 @@ def test_messages_about_long_names_stay_short() -> None:
     "value",
     [
         "",
-        " spaced ",
+        "inner  spaces",
         "a=b:c [x] ;# %(x)s {json}",
-        "ünïcødé \u2028 \x85 😀",
+        "ünïcødé \u3000 \xa0 😀",
+        [" padded ", "\xa0", " "],
+        {" k ": "\u3000v\u3000"},
         1e400,
         -0.0,
         10**30,
@@ -309,14 +341,59 @@ def test_an_empty_config_renders_empty() -> None:
     assert rundir.render_ini({}) == ""
 
 
-def test_surrounding_whitespace_of_a_string_is_lost_by_configparser() -> None:
-    # INI itself cannot keep it; FUSION reads the value stripped, as from any INI file.
-    assert read_ini(rundir.render_ini({"s": {"k": "  x  "}}))["s"]["k"] == "x"
+# Each is whitespace to str.strip, which configparser applies to a value it reads.
+WHITESPACE = " \xa0\u1680\u2000\u2003\u200a\u202f\u205f\u3000"
+PADDED = ["  padded  ", " x", "x ", "x\xa0", "\u3000x", "\u2003", "   ", "\xa0 \u3000"]
+
+
+@pytest.mark.parametrize("value", PADDED)
+def test_a_string_value_with_whitespace_ends_is_refused_as_configparser_strips_them(
+    value: str,
+) -> None:
+    assert read_ini(rundir.render_ini({"s": {"k": value}}))["s"]["k"] == value.strip() != value
+    with pytest.raises(InvalidRun) as caught:
+        rundir.parse_config_json(json.dumps({"sim": {"name": value}}))
+    assert str(caught.value) == (
+        "config_json: value of sim.name has leading or trailing whitespace,"
+        " which config.ini cannot keep"
+    )
+
+
+@pytest.mark.parametrize("value", PADDED)
+def test_strings_with_whitespace_ends_inside_arrays_and_objects_round_trip(value: str) -> None:
+    config = {"s": {"list": [value], "object": {value: value}}}
+    parsed = rundir.parse_config_json(json.dumps(config))
+    read_back = read_ini(rundir.render_ini(parsed))["s"]
+    assert {key: json.loads(text) for key, text in read_back.items()} == config["s"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("a\u2028 ", "line separator"), (" \x85", "control character"), ("\t", "control char")],
+)
+def test_a_forbidden_character_is_named_before_whitespace_ends(value: str, expected: str) -> None:
+    with pytest.raises(InvalidRun, match=f"^config_json: value of s.k contains a {expected}"):
+        rundir.parse_config_json(json.dumps({"s": {"k": value}}))
+
+
+@given(st.text(st.sampled_from([*"ab é😀=", *WHITESPACE]), max_size=8))
+def test_a_string_value_is_accepted_exactly_when_config_ini_keeps_it(value: str) -> None:
+    config = {"s": {"k": value}}
+    kept = as_dict(read_ini(rundir.render_ini(config))) == config
+    try:
+        rundir.parse_config_json(json.dumps(config))
+    except InvalidRun as error:
+        assert not kept
+        assert "has leading or trailing whitespace" in str(error)
+    else:
+        assert kept
 
 
 # Mostly harmless characters, some that INI or the spec cannot take, some unicode edge cases.
 TRICKY = st.sampled_from(
-    list("abcXYZ0_-.é😀%{}" * 4) + list(" #;\u3000\x85\u2028[]=:\n\r\t\x0b\x7f")
+    list("abcXYZ0_-.é😀%{}" * 4)
+    + list(" #;\u3000\xa0\u2003[]=:")
+    + list("\n\r\t\x0b\x7f\x85\x9f\u2028\u2029")
 )
 NAME = st.text(TRICKY, min_size=1, max_size=6).filter(lambda name: name != "DEFAULT")
 SCALAR = (
@@ -357,7 +434,7 @@ def test_whatever_parse_accepts_configparser_reads_back_the_same(
 
 def _expected_text(value: object) -> str:
     if isinstance(value, str):
-        return value.strip()  # see the test above: INI strips the ends of a value
+        return value  # exactly: parse refuses what INI would strip or split
     if isinstance(value, list | dict):
         text = json.dumps(value, separators=(",", ":"))
         assert json.loads(text) == value
@@ -394,6 +471,7 @@ def test_paths_lay_out_the_run_directory(tmp_path: Path) -> None:
         progress_file=run_dir / "progress.jsonl",
         output_dir=run_dir / "output",
         exit_record=run_dir / "exit.json",
+        spawn_marker=run_dir / ".spawned",
     )
 
 
