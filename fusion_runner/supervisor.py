@@ -26,6 +26,7 @@ from pathlib import Path
 from fusion_runner import config as config_module
 from fusion_runner import liverun, outcome, process, rundir
 from fusion_runner.config import Config, sqlite_path
+from fusion_runner.errors import InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
 from fusion_runner.progress import ProgressReader
@@ -249,11 +250,21 @@ class Supervisor:
         for owned in self.store.owned_unfinished(self.config.worker_id):
             if owned.id in self.live:
                 continue  # adopted by an earlier try that a database error cut short
-            if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
-                self._reconcile_unrecorded(owned, now)
-                continue
-            shim = process.Identity(owned.pid, owned.process_start_time)
-            self._adopt(owned, shim, owned.pgid, now)
+            try:
+                self._reconcile_one(owned, now)
+            except DATABASE_ERRORS:
+                raise  # the whole reconcile is tried again
+            except Exception:
+                # One run's unforeseen state must not keep the daemon from the others.
+                log.exception("run=%s action=reconcile_failed status=%s", owned.id,
+                              _status_field(owned.status))
+
+    def _reconcile_one(self, owned: OwnedRun, now: float) -> None:
+        if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
+            self._reconcile_unrecorded(owned, now)
+            return
+        shim = process.Identity(owned.pid, owned.process_start_time)
+        self._adopt(owned, shim, owned.pgid, now)
 
     def _adopt(self, owned: OwnedRun, shim: process.Identity, pgid: int, now: float) -> None:
         run = LiveRun.adopt(owned, process.RunProcess(shim, pgid), self.config.runs_dir)
@@ -271,8 +282,14 @@ class Supervisor:
         # The daemon died after claiming: before spawning (nothing runs), or
         # after spawning but before recording it. Only the first may run again,
         # and "never spawned" needs more than the absence of a live process.
+        try:
+            paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
+        except InvalidRun:
+            # Claimed, then the daemon died before failing it: nothing can
+            # have started, and the next claim fails it with the reason.
+            self.store.release_claim(owned.id)
+            return
         shim = process.find_shim(owned.id)
-        paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
         if shim is not None:
             # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
             self.store.mark_started(owned.id, pid=shim.pid, pgid=shim.pid,

@@ -383,3 +383,23 @@ def test_tail_text_never_raises(data: bytes, max_bytes: int) -> None:
     tail = tail_text(data, max_bytes)
     assert tail == tail.rstrip()
     assert "\ufffd" not in tail or not data.isascii()
+
+
+def test_a_record_that_could_not_be_saved_keeps_the_outcome_and_says_why() -> None:
+    why = "exit record not saved: [Errno 28] No space left on device"
+    text = json.dumps({"exit_code": 3, "signal": None, "spawn_error": None,
+                       "record_error": why, "shim_pid": 77})
+    record = ExitRecord.from_json(text)
+    assert record is not None and (record.record_error, record.shim_pid) == (why, 77)
+    assert decide(record, None, None, "tail") == Outcome(
+        RunStatus.FAILED, f"exit code 3 ({why})\ntail"
+    )
+    completed = ExitRecord(exit_code=0, signal=None, spawn_error=None, record_error=why)
+    assert decide(completed, None, None, "") == Outcome(RunStatus.COMPLETED, None)
+
+
+@pytest.mark.parametrize("shim_pid", [0, -1, True, "12", 1.5])
+def test_a_bad_shim_pid_is_ignored(shim_pid: object) -> None:
+    text = json.dumps({"exit_code": 0, "signal": None, "spawn_error": None, "shim_pid": shim_pid})
+    record = ExitRecord.from_json(text)
+    assert record is not None and record.shim_pid is None
