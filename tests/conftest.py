@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-pytest_plugins = ["tests.pgserver"]
+pytest_plugins = ["tests.pgserver", "tests.systemd_sandbox"]
 
 SIM = Path(__file__).parent / "sims" / "sim.py"
 T = TypeVar("T")

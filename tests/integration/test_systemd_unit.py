@@ -55,6 +55,10 @@ def test_unit_keeps_simulations_on_restart_and_talks_to_systemd() -> None:
     assert service["Type"] == "notify"
     assert service["KillMode"] == "process"
     assert service["Restart"] == "on-failure"
+    # A configuration the daemon refuses is not retried in a loop.
+    assert service["RestartPreventExitStatus"] == "2"
+    # A restarted daemon must see the simulations the previous start left.
+    assert "PrivateUsers" not in service
     assert "WatchdogSec" in service and "TimeoutStopSec" in service
     assert service["StateDirectory"] == "fusion-runner"
     assert service["ExecStart"].endswith("daemon --config /etc/fusion-runner/config.toml")
