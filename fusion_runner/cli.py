@@ -147,7 +147,7 @@ def non_negative(text: str) -> int:
 
 def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     from fusion_runner import logformat, worker_lock
-    from fusion_runner.errors import AlreadyRunning
+    from fusion_runner.errors import AlreadyRunning, CannotInspect
     from fusion_runner.supervisor import Supervisor
     from fusion_runner.systemd import Notifier
 
@@ -163,7 +163,9 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         # second daemon of this worker_id would start its runs a second time.
         with worker_lock.acquire(settings.database_url, settings.worker_id):
             return Supervisor(settings, store, notifier=Notifier()).run()
-    except AlreadyRunning as error:
+    except (AlreadyRunning, CannotInspect) as error:
+        # Neither goes away by restarting: a usage status, which a service
+        # manager can be told not to restart on (RestartPreventExitStatus=2).
         return fail(str(error), EXIT_USAGE)
     finally:
         store.close()

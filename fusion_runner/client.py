@@ -31,7 +31,10 @@ class UsageError(Exception):
 @contextlib.contextmanager
 def open_store(settings: config_module.Config) -> Iterator[Store]:
     try:
-        store = Store.open(settings.database_url)
+        # The commands read none of the columns later versions added to the
+        # daemon's claims table: a user who may only read a database that no
+        # daemon has upgraded yet still gets answers.
+        store = Store.open(settings.database_url, upgrade_claims=False)
     except ImportError as error:  # postgresql:// without the postgres extra
         raise ConfigError(
             f"database_url: {error.name or error} is not installed "

@@ -27,6 +27,8 @@ DEFAULT_SIM_COMMAND: tuple[str, ...] = (
 ENV_PREFIX = "FUSION_RUNNER_"
 
 SHUTDOWN_MODES = ("detach", "terminate")
+PROGRESS_SOURCES = ("auto", "file", "log")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SQLITE = "sqlite:///"
 _POSTGRES = "postgresql://"
@@ -44,6 +46,9 @@ class Config:
     on_shutdown: str = "detach"  # "detach" | "terminate"
     log_level: str = "INFO"
     worker_id: str = field(default_factory=socket.gethostname)
+    templates_dir: Path | None = None
+    progress_source: str = "auto"  # "auto" | "file" | "log"
+    group_write: bool = False
     # Not in SPEC §8's table: how often at most a run's progress columns are written.
     progress_interval_seconds: float = 0.05
 
@@ -83,7 +88,7 @@ def _is_worker_id(value: str) -> bool:
 
 @dataclass(frozen=True)
 class _Key:
-    kind: str  # how a source spells it: "str" | "int" | "float" | "argv"
+    kind: str  # how a source spells it: "str" | "int" | "float" | "argv" | "bool"
     requirement: str  # completes "KEY: ..." when the value is wrong
     valid: Callable[[Any], bool]
     normalize: Callable[[Any], Any] = lambda value: value
@@ -119,6 +124,15 @@ _KEYS: dict[str, _Key] = {
     "worker_id": _Key(
         "str", "must be non-empty, without whitespace or control characters", _is_worker_id,
         help="this daemon's name on the database"),
+    "templates_dir": _Key(
+        "str", "must be a non-empty path", lambda v: os.fspath(v) != "", Path,
+        help="folder of INI templates a run's `template` names (config_json: overrides)"),
+    "progress_source": _Key(
+        "str", "must be 'auto', 'file' or 'log'", lambda v: v in PROGRESS_SOURCES,
+        help="progress from progress.jsonl (file), FUSION's log (log) or the file once valid"),
+    "group_write": _Key(
+        "bool", "must be true or false", lambda v: isinstance(v, bool),
+        help="database files, runs_dir and run folders writable by the daemon's group"),
     "progress_interval_seconds": _Key(
         "float", "must be a finite number >= 0", lambda v: math.isfinite(v) and v >= 0,
         help="at most one progress write per run per this many seconds"),
@@ -134,6 +148,8 @@ def _from_toml(spec: _Key, value: object) -> object:
     if spec.kind == "argv" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     if spec.kind == "str" and isinstance(value, str):
+        return value
+    if spec.kind == "bool" and isinstance(value, bool):
         return value
     raise ValueError(spec.requirement)
 
@@ -152,6 +168,10 @@ def _from_text(spec: _Key, text: str) -> object:
             return tuple(shlex.split(text))
         except ValueError as exc:
             raise ValueError(f"must be a shell-style command line ({exc})") from None
+    if spec.kind == "bool":
+        if text.lower() not in _BOOLEANS:
+            raise ValueError(spec.requirement)
+        return _BOOLEANS[text.lower()]
     return text
 
 
@@ -227,6 +247,8 @@ def load(
 def _default_text(key: str) -> str:
     if key == "worker_id":
         return "the host name"
+    if key == "templates_dir":
+        return "unset: config_json is the whole configuration"
     default = getattr(Config, key)
     return shlex.join(default) if key == "sim_command" else str(default)
 

@@ -32,3 +32,7 @@ class DatabaseError(FusionRunnerError):
 
 class AlreadyRunning(FusionRunnerError):
     """Another fusion-runner daemon already serves this worker_id on this database."""
+
+
+class CannotInspect(FusionRunnerError):
+    """A run's process exists but cannot be inspected; the daemon refuses to start."""

@@ -58,7 +58,12 @@ class LiveRun:
 
     def unrecoverable(self) -> str:
         """Why an adopted run that ended unwatched has no outcome but FAILED."""
-        reused = "" if self.process.owns_group else " (its pid now belongs to another process)"
+        if not self.process.shim.of_this_boot():
+            reused = " (the machine has restarted since)"
+        elif not self.process.owns_group:
+            reused = " (its pid now belongs to another process)"
+        else:
+            reused = ""
         return (f"exit status could not be recovered: process {self.process.pid} ended while "
                 f"no runner watched{reused} and left no exit record in {self.paths.exit_record}")
 

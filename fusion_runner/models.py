@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Float, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,8 +53,10 @@ class Run(Base):
 class RunClaim(Base):
     """Which daemon claimed a run and the identity of the process it spawned for it.
 
-    A client never reads this table. The process start time makes a reused pid
-    distinguishable from the run's own process after a restart.
+    A client never reads this table. The process's start makes a reused pid
+    distinguishable from the run's own process after a restart. Columns added
+    after a release must be nullable: `Store.ensure_schema` adds them to
+    existing tables with ALTER TABLE ... ADD COLUMN.
     """
 
     __tablename__ = "fusion_runner_claims"
@@ -64,11 +66,17 @@ class RunClaim(Base):
     claimed_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # psutil's create_time (wall clock): what earlier versions compare, still
+    # written for them; this version compares the two columns that follow.
     process_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Bytes of progress.jsonl already applied to the progress columns, so an
     # adopting daemon continues where the last one stopped.
     progress_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Field 22 of /proc/PID/stat (clock ticks since boot) and the boot's id:
+    # unlike a wall-clock start time they do not move when the clock is stepped.
+    process_start_ticks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    boot_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 RUNS_COLUMNS: tuple[str, ...] = tuple(column.name for column in Run.__table__.columns)

@@ -27,11 +27,13 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import Column, CreateColumn
 
 from fusion_runner import config as config_module
 from fusion_runner.errors import ConfigError, DatabaseError, SchemaError
@@ -103,7 +105,9 @@ class OwnedRun:
     status: str  # as the row has it: a client may have written any text
     pid: int | None
     pgid: int | None
-    process_start_time: float | None
+    process_start_ticks: int | None  # None in rows of earlier versions
+    boot_id: str | None
+    process_start_time: float | None  # what earlier versions recorded alone
     run_dir: str | None
     progress_offset: int | None
     progress: dict[str, float | int | None]
@@ -144,16 +148,18 @@ class Store:
         event.listen(engine, "after_cursor_execute", self._count_write)
 
     @classmethod
-    def open(cls, database_url: str) -> Store:
+    def open(cls, database_url: str, *, upgrade_claims: bool = True) -> Store:
         store = cls(make_engine(database_url))
-        store.ensure_schema()
+        store.ensure_schema(upgrade_claims=upgrade_claims)
         return store
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def ensure_schema(self) -> None:
-        """Create missing tables; refuse a `runs` table that lacks a column."""
+    def ensure_schema(self, *, upgrade_claims: bool = True) -> None:
+        """Create missing tables and, with `upgrade_claims`, add the columns an
+        earlier version's claims table lacks; refuse a `runs` table that lacks a
+        column (never altered: it is the GUI's)."""
         try:
             inspector = inspect(self.engine)
             if inspector.has_table("runs"):
@@ -162,8 +168,29 @@ class Store:
                 if missing:
                     raise SchemaError(f"the runs table lacks column {missing[0]!r}")
             Base.metadata.create_all(self.engine)
+            for column in self._missing_claim_columns() if upgrade_claims else []:
+                self._add_claim_column(column)
         except SQLAlchemyError as error:
             raise ConfigError(f"database_url: cannot open the database: {error}") from None
+
+    def _missing_claim_columns(self) -> list[Column[Any]]:
+        # A new inspector each time: one caches what it has read.
+        present = {column["name"] for column in inspect(self.engine).get_columns(claims.name)}
+        return [column for column in claims.columns if column.name not in present]
+
+    def _add_claim_column(self, column: Column[Any]) -> None:
+        """ALTER TABLE fusion_runner_claims ADD COLUMN, tolerant of another process
+        (a second daemon, a client command) adding it at the same moment."""
+        table = self.engine.dialect.identifier_preparer.format_table(claims)
+        definition = CreateColumn(column).compile(dialect=self.engine.dialect)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {definition}"))
+        except SQLAlchemyError as error:
+            # Most likely "duplicate column": look again, and fail only if it is still missing.
+            if any(missing.name == column.name for missing in self._missing_claim_columns()):
+                raise SchemaError(f"the {claims.name} table lacks column {column.name!r} and "
+                                  f"it could not be added: {error}") from None
 
     def _count_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                      context: Any, executemany: bool) -> None:
@@ -227,7 +254,8 @@ class Store:
             return won
 
     def mark_started(
-        self, run_id: str, *, pid: int, pgid: int, process_start_time: float, run_dir: Path,
+        self, run_id: str, *, pid: int, pgid: int, process_start_ticks: int | None,
+        boot_id: str | None, process_start_time: float | None, run_dir: Path,
         started_at: datetime | None = None,
     ) -> bool:
         """Record the spawned process; False if the run is no longer RUNNING."""
@@ -239,10 +267,21 @@ class Store:
             conn.execute(
                 update(claims)
                 .where(claims.c.run_id == run_id)
-                .values(pid=pid, pgid=pgid, process_start_time=process_start_time,
+                .values(pid=pid, pgid=pgid, process_start_ticks=process_start_ticks,
+                        boot_id=boot_id, process_start_time=process_start_time,
                         run_dir=str(run_dir))
             )
             return won
+
+    def record_identity(
+        self, run_id: str, *, process_start_ticks: int, boot_id: str | None
+    ) -> None:
+        """The start ticks and boot id of a run an earlier version recorded without them."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(claims).where(claims.c.run_id == run_id)
+                .values(process_start_ticks=process_start_ticks, boot_id=boot_id)
+            )
 
     def transition(
         self, run_id: str, expected: str, new: str, **fields: object
@@ -313,7 +352,8 @@ class Store:
         """
         unfinished = (runs.c.status != RunStatus.PENDING) & runs.c.completed_at.is_(None)
         query = (
-            select(runs, claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset)
+            select(runs, claims.c.process_start_ticks, claims.c.boot_id,
+                   claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset)
             .join(claims, claims.c.run_id == runs.c.id)
             .where((claims.c.worker_id == worker_id) & unfinished)
             .order_by(runs.c.created_at)
@@ -322,6 +362,7 @@ class Store:
             return [
                 OwnedRun(
                     id=row.id, status=row.status, pid=row.pid, pgid=row.pgid,
+                    process_start_ticks=row.process_start_ticks, boot_id=row.boot_id,
                     process_start_time=row.process_start_time, run_dir=row.run_dir,
                     progress_offset=row.progress_offset,
                     progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},

@@ -20,13 +20,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fusion_runner import config as config_module
-from fusion_runner import liverun, outcome, process, rundir
+from fusion_runner import liverun, outcome, process, procfs, rundir
 from fusion_runner.config import Config, sqlite_path
-from fusion_runner.errors import InvalidRun
+from fusion_runner.errors import CannotInspect, InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
 from fusion_runner.progress import ProgressReader
@@ -52,6 +53,16 @@ LIVE_POLL_SECONDS = 0.05
 STATUS_SECONDS = 1.0
 # How often at most one and the same failure of a pass is logged again.
 TROUBLE_LOG_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What reconcile saw of a run's shim before it touched anything."""
+
+    # The shim and its group as recorded, or as found; None: neither.
+    run_process: process.RunProcess | None
+    sight: process.Sight
+    recorded: bool  # in the row; else found by looking (a spawn never recorded)
 
 
 class Supervisor:
@@ -101,7 +112,11 @@ class Supervisor:
         sqlite_file = sqlite_path(self.config.database_url)
         if sqlite_file is not None:
             wakeups.watch_database(sqlite_file)
-        self._reconcile_until_done(wakeups)
+        try:
+            self._reconcile_until_done(wakeups)
+        except BaseException:
+            wakeups.close()  # a refusal (CannotInspect) ends the daemon before it serves
+            raise
         self.notifier.ready()
         log.info("action=ready worker=%s database=%s runs_dir=%s max_concurrent_runs=%d",
                  self.config.worker_id, config_module.redacted_url(self.config.database_url),
@@ -246,42 +261,120 @@ class Supervisor:
                 self._take(wakeups.wait(self.config.poll_interval_seconds), [])
 
     def reconcile(self, now: float) -> None:
-        """Adopt live runs, give ended ones their true outcome, requeue unspawned ones."""
-        for owned in self.store.owned_unfinished(self.config.worker_id):
-            if owned.id in self.live:
-                continue  # adopted by an earlier try that a database error cut short
+        """Adopt live runs, give ended ones their true outcome, requeue unspawned ones.
+
+        Every run's process is looked at before any run is touched, so that a
+        refusal (CannotInspect) leaves every row and process as it was.
+        """
+        owned_runs = [owned for owned in self.store.owned_unfinished(self.config.worker_id)
+                      # adopted by an earlier try that a database error cut short
+                      if owned.id not in self.live]
+        sightings = self._look_at_all(owned_runs)
+        for owned in owned_runs:
+            if owned.id not in sightings:
+                continue  # its look failed, and was logged
             try:
-                self._reconcile_one(owned, now)
+                self._reconcile_one(owned, sightings[owned.id], now)
             except DATABASE_ERRORS:
                 raise  # the whole reconcile is tried again
             except Exception:
                 # One run's unforeseen state must not keep the daemon from the others.
-                log.exception("run=%s action=reconcile_failed status=%s", owned.id,
-                              _status_field(owned.status))
+                _log_reconcile_failed(owned)
 
-    def _reconcile_one(self, owned: OwnedRun, now: float) -> None:
-        if owned.pid is None or owned.pgid is None or owned.process_start_time is None:
+    def _look_at_all(self, owned_runs: list[OwnedRun]) -> dict[str, Sighting]:
+        sightings: dict[str, Sighting] = {}
+        for owned in owned_runs:
+            try:
+                sightings[owned.id] = self._look_at(owned)
+            except CannotInspect:
+                raise
+            except DATABASE_ERRORS:
+                raise
+            except Exception:
+                _log_reconcile_failed(owned)
+        return sightings
+
+    def _look_at(self, owned: OwnedRun) -> Sighting:
+        """The run's shim and what it is now; raises CannotInspect when it may live
+        unseen, before anything is written for the run."""
+        recorded = _recorded_process(owned)
+        if recorded is None:
+            return self._look_for_unrecorded(owned)
+        sight = recorded.shim.look()
+        if sight.verdict is process.Verdict.CANNOT_TELL:
+            raise CannotInspect(f"run {owned.id}: process {recorded.pid} exists but cannot be "
+                                f"inspected ({sight.why}); {_refusal(owned)}")
+        return Sighting(recorded, sight, recorded=True)
+
+    def _look_for_unrecorded(self, owned: OwnedRun) -> Sighting:
+        found = process.find_shim(owned.id)
+        if found is not None:
+            alive = process.Sight(process.Verdict.ALIVE)
+            return Sighting(process.RunProcess(found, found.pid), alive, recorded=False)
+        self._refuse_if_hidden(owned)
+        return Sighting(None, process.Sight(process.Verdict.GONE), recorded=False)
+
+    def _refuse_if_hidden(self, owned: OwnedRun) -> None:
+        """Refuse when a spawn may have happened, has not ended, and /proc may hide it."""
+        try:
+            paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
+        except InvalidRun:
+            return  # nothing can have been started under such an id
+        if not process.left_a_trace(paths) or paths.exit_record.exists():
+            return  # never spawned, or its shim has ended
+        why = procfs.hidden_processes()
+        if why is not None:
+            raise CannotInspect(f"run {owned.id}: its start was never recorded and no process "
+                                f"of it is visible, but {why}; {_refusal(owned)}")
+
+    def _reconcile_one(self, owned: OwnedRun, sighting: Sighting, now: float) -> None:
+        run_process, sight = sighting.run_process, sighting.sight
+        if run_process is None:
             self._reconcile_unrecorded(owned, now)
             return
-        shim = process.Identity(owned.pid, owned.process_start_time)
-        self._adopt(owned, shim, owned.pgid, now)
+        shim = run_process.shim
+        if not sighting.recorded:
+            paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
+            # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
+            self.store.mark_started(owned.id, pid=shim.pid, pgid=run_process.pgid,
+                                    process_start_ticks=shim.start_ticks, boot_id=shim.boot_id,
+                                    process_start_time=shim.start_time, run_dir=paths.run_dir)
+        elif shim.start_ticks is None and sight.stat is not None \
+                and sight.verdict is process.Verdict.ALIVE:
+            run_process.shim = self._record_ticks(owned.id, shim, sight.stat)
+        self._adopt(owned, run_process, sight.verdict, now)
 
-    def _adopt(self, owned: OwnedRun, shim: process.Identity, pgid: int, now: float) -> None:
-        run = LiveRun.adopt(owned, process.RunProcess(shim, pgid), self.config.runs_dir)
+    def _record_ticks(
+        self, run_id: str, shim: process.Identity, stat: procfs.ProcStat
+    ) -> process.Identity:
+        """An earlier version recorded a wall-clock start alone: once adopted, the
+        run's identity stops depending on the clock, in memory and in its row."""
+        shim = replace(shim, start_ticks=stat.start_ticks, boot_id=procfs.boot_id())
+        self.store.record_identity(run_id, process_start_ticks=stat.start_ticks,
+                                   boot_id=shim.boot_id)
+        return shim
+
+    def _adopt(self, owned: OwnedRun, run_process: process.RunProcess,
+               verdict: process.Verdict, now: float) -> None:
+        run = LiveRun.adopt(owned, run_process, self.config.runs_dir)
         self.live[run.id] = run
-        if shim.is_alive():
+        if verdict is process.Verdict.ALIVE:
             self._watch(run)
-            log.info("run=%s action=adopted pid=%d", run.id, shim.pid)
+            log.info("run=%s action=adopted pid=%d", run.id, run_process.pid)
         else:
+            # GONE or REUSED (CANNOT_TELL was refused): a group of that number is
+            # still the run's only if the pid was neither reused nor of another boot.
             run.exited = True
-            run.process.owns_group = not shim.is_reused()
+            run_process.owns_group = (verdict is process.Verdict.GONE
+                                      and run_process.shim.of_this_boot())
         if owned.status != RunStatus.RUNNING:
             self._begin_stop(run, _stop_reason(owned.status), now, owned.status)
 
     def _reconcile_unrecorded(self, owned: OwnedRun, now: float) -> None:
         # The daemon died after claiming: before spawning (nothing runs), or
-        # after spawning but before recording it. Only the first may run again,
-        # and "never spawned" needs more than the absence of a live process.
+        # after spawning but before recording it (no shim of it is alive: a
+        # live one was adopted). Only the first may run again, and "never
+        # spawned" needs more than the absence of a live process.
         try:
             paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
         except InvalidRun:
@@ -289,13 +382,7 @@ class Supervisor:
             # have started, and the next claim fails it with the reason.
             self.store.release_claim(owned.id)
             return
-        shim = process.find_shim(owned.id)
-        if shim is not None:
-            # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
-            self.store.mark_started(owned.id, pid=shim.pid, pgid=shim.pid,
-                                    process_start_time=shim.start_time, run_dir=paths.run_dir)
-            self._adopt(owned, shim, shim.pid, now)
-        elif owned.status != RunStatus.RUNNING:
+        if owned.status != RunStatus.RUNNING:
             self._complete_client_status(owned.id, owned.status)
         elif process.left_a_trace(paths):
             self._finish_unwatched_start(owned.id, paths)
@@ -505,9 +592,10 @@ class Supervisor:
     def _record_start(self, run: LiveRun, now: float) -> None:
         # RUNNING (claimed) -> RUNNING with pid, pgid, started_at; a database
         # error leaves start_recorded False and a later pass tries again.
+        shim = run.process.shim
         recorded = self.store.mark_started(
-            run.id, pid=run.process.pid, pgid=run.process.pgid,
-            process_start_time=run.process.shim.start_time, run_dir=run.paths.run_dir,
+            run.id, pid=shim.pid, pgid=run.process.pgid, process_start_ticks=shim.start_ticks,
+            boot_id=shim.boot_id, process_start_time=shim.start_time, run_dir=run.paths.run_dir,
             started_at=run.started_at,
         )
         run.start_recorded = True
@@ -553,6 +641,27 @@ def _stop_reason(client_status: str | None) -> StopReason:
     if client_status == RunStatus.CANCELLED:
         return StopReason.CANCELLED
     return StopReason.CLIENT_STATUS
+
+
+def _recorded_process(owned: OwnedRun) -> process.RunProcess | None:
+    """The shim and group the row records; None if the spawn was never recorded."""
+    if owned.pid is None or owned.pgid is None:
+        return None
+    if owned.process_start_ticks is None and owned.process_start_time is None:
+        return None
+    shim = process.Identity(owned.pid, owned.process_start_ticks, owned.boot_id,
+                            owned.process_start_time)
+    return process.RunProcess(shim, owned.pgid)
+
+
+def _refusal(owned: OwnedRun) -> str:
+    return (f"refusing to start, the run stays {_status_field(owned.status)} for a daemon "
+            f"that can see it")
+
+
+def _log_reconcile_failed(owned: OwnedRun) -> None:
+    log.exception("run=%s action=reconcile_failed status=%s", owned.id,
+                  _status_field(owned.status))
 
 
 def _modified_at(path: Path) -> datetime | None:

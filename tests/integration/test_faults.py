@@ -156,8 +156,12 @@ def test_a_status_the_spec_does_not_name_stops_the_run_and_stays(
 
 
 def test_a_pending_like_status_is_never_claimed(daemon: Daemon, client: Client) -> None:
-    odd = client.submit()
-    set_status(client, odd, "pending")
+    odd = "0ddba11c0ffe"
+    with client.connect() as connection:
+        connection.execute(
+            "INSERT INTO runs (id, name, status, config_json, template, created_at) "
+            "VALUES (?, 'odd', 'pending', '{\"sim\": {}}', 'minimal.ini', "
+            "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 minute'))", (odd,))
     # Inserted after it, so a claim of the odd row would have come first.
     assert client.wait_final(client.submit())["status"] == "COMPLETED"
     row = client.row(odd)
