@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-from fusion_runner import inifile, watch
+from fusion_runner import inifile, results, watch
 from fusion_runner.store import Store
 
 DEADLINE_SECONDS = 120.0
@@ -129,18 +129,25 @@ def _print_outcomes(rows: list[Any], runs_dir: Path, out: TextIO) -> None:
     for row in rows:
         detail = (row.error_message or "").splitlines()[0] if row.error_message else ""
         print(f"  {row.id:<12}  {row.name:<12}  {row.status:<9}  {detail}", file=out)
-    print("\nmean blocking probability per Erlang (95 % confidence interval):", file=out)
+    print("\nmean blocking probability per Erlang (FUSION's 90 % confidence interval):",
+          file=out)
     for row in rows:
         if row.status == "COMPLETED":
-            for point in _points(runs_dir / row.id / "output"):
-                print(f"  {row.name:<12}  {point['erlang']:>6.0f} Erlang  "
-                      f"{point['blocking_mean']:.4f}  "
-                      f"[{point['ci_lower']:.4f}, {point['ci_upper']:.4f}]", file=out)
+            for point in results.read_points(runs_dir / row.id / "output"):
+                print(f"  {row.name:<12}  {point.erlang:>6.0f} Erlang  "
+                      f"{_probability(point.blocking_mean)}  {_interval(point)}", file=out)
 
 
-def _points(output: Path) -> list[dict[str, Any]]:
-    points = [json.loads(path.read_text()) for path in output.glob("*_erlang.json")]
-    return sorted(points, key=lambda point: float(point["erlang"]))
+def _probability(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _interval(point: results.ErlangPoint) -> str:
+    if point.ci_lower is None or point.ci_upper is None:
+        return "[no interval]"  # one iteration, or no blocking at all
+    # A probability's interval: FUSION's normal approximation may pass 0 or 1.
+    lower, upper = max(point.ci_lower, 0.0), min(point.ci_upper, 1.0)
+    return f"[{lower:.4f}, {upper:.4f}]"
 
 
 def _utcnow() -> datetime:

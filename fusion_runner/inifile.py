@@ -9,10 +9,23 @@ from pathlib import Path
 from fusion_runner.errors import InvalidRun
 
 
+class KeyCaseParser(configparser.ConfigParser):
+    """configparser as FUSION reads its INI files: key case kept, no `%` interpolation.
+
+    The one parser for both directions: reading INI files (submit, templates) and
+    writing config.ini (`rundir.render_ini`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(interpolation=None)
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def read_ini(path: Path) -> dict[str, dict[str, object]]:
     """An INI file as `{section: {key: value}}`; InvalidRun names the file if it is bad."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = KeyCaseParser()
     try:
         with open(path, encoding="utf-8") as ini:
             parser.read_file(ini)

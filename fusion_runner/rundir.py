@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import errno
 import io
@@ -10,10 +9,11 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusion_runner import inifile, templates
 from fusion_runner.errors import InvalidRun
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
@@ -149,13 +149,8 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class _KeyCaseParser(configparser.ConfigParser):
-    def optionxform(self, optionstr: str) -> str:
-        return optionstr
-
-
 def render_ini(config: Mapping[str, Mapping[str, object]]) -> str:
-    parser = _KeyCaseParser(interpolation=None)
+    parser = inifile.KeyCaseParser()
     parser.read_dict(
         {
             section: {key: _ini_value(value) for key, value in options.items()}
@@ -206,15 +201,37 @@ class RunPaths:
         )
 
 
-def prepare(runs_dir: Path, run_id: str, config_json: str) -> RunPaths:
+def prepare(
+    runs_dir: Path,
+    run_id: str,
+    config_json: str,
+    *,
+    template: str | None = None,
+    templates_dir: Path | None = None,
+) -> RunPaths:
     """Lay out the run directory; InvalidRun, before anything is written, for a bad row.
+
+    config.ini is `config_json` rendered; with `templates_dir`, it is the file
+    `template` names there with `config_json` applied over it (SPEC §3). A
+    config.ini already in the run folder (the GUI writes its own) is kept, and
+    then the template is not looked up at all.
 
     Everything inside run_dir is made through a descriptor of run_dir opened
     without following symlinks, so nothing is ever written outside runs_dir.
     Other OSErrors (permissions, a full disk) propagate.
     """
     paths = RunPaths.under(runs_dir, run_id)
-    ini = render_ini(parse_config_json(config_json))
+    config = parse_config_json(config_json)
+
+    def render() -> str:
+        if templates_dir is None:
+            return render_ini(config)
+        return render_ini(templates.configuration(templates_dir, template, config))
+
+    # Rendered before anything is made, so that a bad row or a missing template
+    # writes nothing; unless config.ini is there already, when it is not needed.
+    kept = templates_dir is not None and os.path.lexists(paths.config_file)
+    ini = None if kept else render()
     paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
     runs_fd = os.open(paths.run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -224,7 +241,8 @@ def prepare(runs_dir: Path, run_id: str, config_json: str) -> RunPaths:
     try:
         for path in (paths.log_file.parent, paths.output_dir):
             os.close(_private_dir(run_fd, path))
-        _write_once(run_fd, paths.config_file.name, ini)
+        # A config.ini seen above but gone since is rendered now after all.
+        _write_once(run_fd, paths.config_file.name, lambda: render() if ini is None else ini)
     finally:
         os.close(run_fd)
     return paths
@@ -249,11 +267,12 @@ def _private_dir(parent_fd: int, path: Path) -> int:
     return fd
 
 
-def _write_once(dir_fd: int, name: str, text: str) -> None:
+def _write_once(dir_fd: int, name: str, render: Callable[[], str]) -> None:
     """Write name atomically (temp file + os.replace), unless it exists already."""
     with contextlib.suppress(FileNotFoundError):
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return
+    text = render()
     temporary = f".{name}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:

@@ -54,7 +54,7 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
 # Hot statements are built once: building a statement costs more than running
 # it on SQLite (~0.2 ms against ~0.05 ms here).
 _OLDEST_PENDING = (
-    select(runs.c.id, runs.c.config_json)
+    select(runs.c.id, runs.c.config_json, runs.c.template)
     .where(runs.c.status == RunStatus.PENDING)
     .order_by(runs.c.created_at, runs.c.id)
     .limit(CLAIM_CANDIDATES)
@@ -95,6 +95,7 @@ def utcnow() -> datetime:
 class ClaimedRun:
     id: str
     config_json: str
+    template: str
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ class Store:
             if candidate.id in busy:
                 continue
             if self._try_claim(candidate.id, worker_id):
-                return ClaimedRun(candidate.id, candidate.config_json)
+                return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
         return None
 
     def _try_claim(self, run_id: str, worker_id: str) -> bool:

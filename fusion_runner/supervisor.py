@@ -568,7 +568,10 @@ class Supervisor:
 
     def _start(self, claimed: ClaimedRun, now: float) -> None:
         try:
-            paths = rundir.prepare(self.config.runs_dir, claimed.id, claimed.config_json)
+            paths = rundir.prepare(
+                self.config.runs_dir, claimed.id, claimed.config_json,
+                template=claimed.template, templates_dir=self.config.templates_dir,
+            )
             argv = rundir.expand_command(self.config.sim_command, paths, sys.executable)
             env = rundir.environment(paths, os.environ)
             spawned = process.spawn(paths, argv, env, self.config.stop_grace_seconds)

@@ -1,4 +1,9 @@
-"""Mean and 95 % Student-t confidence interval over iterations (standard library only)."""
+"""Mean and confidence intervals over iterations (standard library only).
+
+Two intervals: the refsim's own 95 % Student-t one (`mean_ci`, its progress
+events and `ci_lower`/`ci_upper`), and FUSION's (`fusion_blocking`, the keys
+FUSION's `{erlang}_erlang.json` has), so that one reader serves both outputs.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ _T_975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 _Z_975 = statistics.NormalDist().inv_cdf(0.975)
+# FUSION's z (fusion/core/metrics.py, calculate_confidence_interval, at 973983bc):
+# a 90 % normal interval.
+FUSION_Z = 1.645
 
 
 def t_975(df: int) -> float:
@@ -31,3 +39,26 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
         return mean, mean, mean
     half = t_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half
+
+
+def fusion_blocking(values: list[float], mean: float) -> dict[str, float | None]:
+    """FUSION's blocking keys for per-iteration blocking probabilities `values`.
+
+    As FUSION computes them: the sample variance, ci_rate = 1.645 * sqrt(var / n),
+    ci_percent = 2 * ci_rate / mean * 100 (the interval's whole width as a
+    percentage of the mean), no interval when the mean is 0. Unlike FUSION,
+    which writes 0 for a single iteration, variance and interval stay null
+    until there are two: one sample says nothing of the spread.
+    """
+    keys: dict[str, float | None] = {
+        "blocking_mean": mean, "blocking_variance": None,
+        "ci_rate_block": None, "ci_percent_block": None,
+    }  # fmt: skip
+    if len(values) < 2:
+        return keys
+    variance = statistics.variance(values)
+    keys["blocking_variance"] = variance
+    if mean > 0:
+        rate = FUSION_Z * math.sqrt(variance) / math.sqrt(len(values))
+        keys["ci_rate_block"], keys["ci_percent_block"] = rate, 2 * rate / mean * 100
+    return keys

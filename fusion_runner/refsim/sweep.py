@@ -23,6 +23,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkContext
 from multiprocessing.process import BaseProcess
@@ -213,6 +214,7 @@ class Tally:
                     zip(self.blocked[index], blocking, strict=True), start=1
                 )
             ],
+            **fusion_keys(blocking, mean),
         }
         _write_json(self.output_dir / f"{label(erlang)}_erlang.json", document)
 
@@ -225,6 +227,22 @@ class Tally:
             "requests_per_worker_second": requests / self.seconds if self.seconds else 0.0,
             "mean_blocking": self.means,
         }
+
+
+def fusion_keys(blocking: list[float], mean: float) -> dict[str, Any]:
+    """The keys of FUSION's own `{erlang}_erlang.json`, so one reader serves both.
+
+    `iter_stats` as FUSION keys it (zero-based iteration, as text), each with the
+    blocking probabilities up to that iteration; `sim_end_time` in its format.
+    """
+    return {
+        **stats.fusion_blocking(blocking, mean),
+        "iter_stats": {
+            str(number): {"sim_block_list": blocking[: number + 1]}
+            for number in range(len(blocking))
+        },
+        "sim_end_time": datetime.now().strftime("%m%d_%H_%M_%S_%f"),
+    }
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from fusion_runner import results
 from fusion_runner.refsim import cli, engine
 from tests.conftest import alive, kill_quietly, wait_until
 
@@ -179,6 +182,39 @@ def check_point(sim: Sim, erlang: float, own: list[dict[str, Any]], summary: Any
     assert (document["blocking_mean"], document["ci_upper"]) == (
         metrics["mean_blocking"], metrics["ci_upper"]
     )
+
+
+def test_outputs_carry_fusions_keys_and_read_like_fusions(sim_factory: SimFactory) -> None:
+    # One small link, so that every iteration blocks some requests and has an interval.
+    changes = ERLANG_B | {
+        "general_settings.num_requests": "2000", "general_settings.max_iters": "3",
+        "general_settings.erlang_stop": "8",
+    }  # fmt: skip
+    sim, code, stderr = run(sim_factory, changes)
+
+    assert code == 0, stderr
+    points = results.read_points(sim.output)
+    assert [point.erlang for point in points] == [5.0, 8.0]
+    for point in points:
+        document = sim.output_file(point.erlang)
+        blocking = [item["blocking_prob"] for item in document["iterations"]]
+        assert document["iter_stats"] == {
+            "0": {"sim_block_list": blocking[:1]}, "1": {"sim_block_list": blocking[:2]},
+            "2": {"sim_block_list": blocking},
+        }  # fmt: skip
+        assert re.fullmatch(r"\d{4}_\d\d_\d\d_\d\d_\d{6}", document["sim_end_time"])
+        rate = 1.645 * statistics.stdev(blocking) / math.sqrt(3)
+        assert (document["blocking_variance"], document["ci_rate_block"]) == pytest.approx(
+            (statistics.variance(blocking), rate)
+        )
+        assert document["ci_percent_block"] == pytest.approx(200 * rate / document["blocking_mean"])
+        assert point == results.ErlangPoint(
+            erlang=point.erlang, blocking_mean=document["blocking_mean"],
+            blocking_variance=document["blocking_variance"],
+            ci_rate_block=document["ci_rate_block"], ci_percent_block=document["ci_percent_block"],
+            iterations=3, block_list=tuple(blocking), sim_end_time=document["sim_end_time"],
+            path=sim.output / f"{point.erlang!r}_erlang.json",
+        )  # fmt: skip
 
 
 def blocking_by_point(sim: Sim) -> list[tuple[float, list[float]]]:

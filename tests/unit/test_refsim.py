@@ -146,6 +146,27 @@ def test_mean_ci_is_a_student_t_interval() -> None:
     assert stats.mean_ci([0.25]) == (0.25, 0.25, 0.25)
 
 
+def test_fusion_blocking_is_fusions_interval() -> None:
+    # Sample variance 0.0001; FUSION: 1.645 * sqrt(var / n), and twice that in % of the mean.
+    keys = stats.fusion_blocking([0.09, 0.10, 0.11], 0.10)
+    rate = 1.645 * 0.01 / math.sqrt(3)
+    assert keys == pytest.approx({
+        "blocking_mean": 0.10, "blocking_variance": 0.0001,
+        "ci_rate_block": rate, "ci_percent_block": 2 * rate / 0.10 * 100,
+    })  # fmt: skip
+
+
+def test_fusion_blocking_has_no_interval_from_one_iteration_or_without_blocking() -> None:
+    assert stats.fusion_blocking([0.2], 0.2) == {
+        "blocking_mean": 0.2, "blocking_variance": None,
+        "ci_rate_block": None, "ci_percent_block": None,
+    }  # fmt: skip
+    assert stats.fusion_blocking([0.0, 0.0], 0.0) == {
+        "blocking_mean": 0.0, "blocking_variance": 0.0,
+        "ci_rate_block": None, "ci_percent_block": None,
+    }  # fmt: skip
+
+
 # --- settings -------------------------------------------------------------------------------
 
 

@@ -744,3 +744,125 @@ def test_tokens_without_placeholders_pass_unchanged(template: list[str]) -> None
     assume(not any(p in token for token in template for p in placeholders))
     paths = rundir.RunPaths.under(Path("/runs"), RUN_ID)
     assert rundir.expand_command(template, paths, "py") == template
+
+
+# --- templates with overrides (SPEC §3) -----------------------------------------------------
+
+TEMPLATE_INI = """\
+[general_settings]
+erlang_start = 300
+max_iters = 2
+route_method = k_shortest_path
+request_distribution = {"25": 0.10, "100": 0.90}
+Mixed_Case = kept
+percent = 50%
+
+[topology_settings]
+network = NSFNet
+
+"""
+
+
+@pytest.fixture
+def templates_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "minimal.ini").write_text(TEMPLATE_INI)
+    return folder
+
+
+def prepare_from(
+    tmp_path: Path, templates_dir: Path, template: str, overrides: object
+) -> rundir.RunPaths:
+    return rundir.prepare(
+        tmp_path / "runs", RUN_ID, json.dumps(overrides),
+        template=template, templates_dir=templates_dir,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["minimal", "minimal.ini"])
+def test_a_template_named_by_stem_or_file_name_is_the_config_as_is(
+    tmp_path: Path, templates_dir: Path, name: str
+) -> None:
+    paths = prepare_from(tmp_path, templates_dir, name, {})
+    assert paths.config_file.read_text(encoding="utf-8") == TEMPLATE_INI
+    assert mode(paths.config_file) == rundir.CONFIG_MODE
+
+
+def test_overrides_replace_keys_and_add_keys_and_sections(
+    tmp_path: Path, templates_dir: Path
+) -> None:
+    overrides = {
+        "general_settings": {"max_iters": 5, "seed": 7, "Mixed_Case": False},
+        "ml_settings": {"path_levels": [1, 2]},
+    }
+    paths = prepare_from(tmp_path, templates_dir, "minimal", overrides)
+    written = as_dict(read_ini(paths.config_file.read_text(encoding="utf-8")))
+    assert written == {
+        "general_settings": {
+            "erlang_start": "300", "max_iters": "5", "route_method": "k_shortest_path",
+            "request_distribution": '{"25": 0.10, "100": 0.90}', "Mixed_Case": "False",
+            "percent": "50%", "seed": "7",
+        },
+        "topology_settings": {"network": "NSFNet"},
+        "ml_settings": {"path_levels": "[1,2]"},
+    }  # fmt: skip
+
+
+def test_overrides_are_validated_as_config_json_is(tmp_path: Path, templates_dir: Path) -> None:
+    with pytest.raises(InvalidRun, match=r"config_json: value of s\.k contains a control char"):
+        prepare_from(tmp_path, templates_dir, "minimal", {"s": {"k": "a\nb"}})
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["missing", "missing.ini", "MINIMAL", "minimal.INI", ""])
+def test_a_missing_template_fails_naming_it_and_the_folder(
+    tmp_path: Path, templates_dir: Path, name: str
+) -> None:
+    with pytest.raises(InvalidRun) as caught:
+        prepare_from(tmp_path, templates_dir, name, {})
+    assert repr(name) in str(caught.value)
+    assert str(templates_dir) in str(caught.value)
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.parametrize(
+    "name", ["../templates/minimal", "sub/minimal", "/etc/passwd", "..", "a..b", "x\\y", "m\x00"]
+)
+def test_a_template_name_that_could_leave_the_folder_is_refused(
+    tmp_path: Path, templates_dir: Path, name: str
+) -> None:
+    (templates_dir / "sub").mkdir()
+    (templates_dir / "sub" / "minimal.ini").write_text(TEMPLATE_INI)
+    with pytest.raises(InvalidRun, match="is not a template name: it contains"):
+        prepare_from(tmp_path, templates_dir, name, {})
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_is_not_a_template(tmp_path: Path, templates_dir: Path) -> None:
+    (templates_dir / "folder.ini").mkdir()
+    with pytest.raises(InvalidRun, match="template 'folder' not found"):
+        prepare_from(tmp_path, templates_dir, "folder", {})
+
+
+def test_a_malformed_template_fails_naming_the_file(tmp_path: Path, templates_dir: Path) -> None:
+    (templates_dir / "broken.ini").write_text("no section header\n")
+    with pytest.raises(InvalidRun, match=r"broken\.ini is not a valid INI file"):
+        prepare_from(tmp_path, templates_dir, "broken", {})
+
+
+def test_an_existing_config_ini_is_kept_and_its_template_not_needed(
+    tmp_path: Path, templates_dir: Path
+) -> None:
+    run_dir = tmp_path / "runs" / RUN_ID
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.ini").write_text("[the_guis_own]\nk = v\n")
+    for name in ("minimal", "gone-since"):
+        paths = prepare_from(tmp_path, templates_dir, name, {"s": {"k": 2}})
+        assert paths.config_file.read_text() == "[the_guis_own]\nk = v\n"
+    assert sorted(os.listdir(run_dir)) == ["config.ini", "logs", "output"]
+
+
+def test_without_templates_dir_the_template_column_is_only_a_label(tmp_path: Path) -> None:
+    paths = rundir.prepare(tmp_path, RUN_ID, '{"s": {"k": 1}}', template="../nowhere")
+    assert paths.config_file.read_text() == "[s]\nk = 1\n\n"
