@@ -159,6 +159,8 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))
     store = Store.open(settings.database_url)
     try:
+        if settings.group_write:
+            share_with_group(settings)
         # Held until the daemon exits, taken before it reconciles anything: a
         # second daemon of this worker_id would start its runs a second time.
         with worker_lock.acquire(settings.database_url, settings.worker_id):
@@ -169,6 +171,17 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         return fail(str(error), EXIT_USAGE)
     finally:
         store.close()
+
+
+def share_with_group(settings: config_module.Config) -> None:
+    from fusion_runner import sharing
+
+    database = config_module.sqlite_path(settings.database_url)
+    try:
+        logging.getLogger("fusion_runner").info(
+            sharing.open_to_group(database, settings.runs_dir))
+    except OSError as error:
+        raise ConfigError(f"group_write: {error}") from None
 
 
 def cmd_demo(args: argparse.Namespace, settings: config_module.Config) -> int:

@@ -223,8 +223,12 @@ def set_child_subreaper() -> bool:
     return bool(libc.prctl(shim.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-def spawn(paths: RunPaths, argv: list[str], env: dict[str, str], grace: float) -> RunProcess:
+def spawn(
+    paths: RunPaths, argv: list[str], env: dict[str, str], grace: float, file_mode: int = 0o640
+) -> RunProcess:
     """Start the run's shim in a new session; raises OSError if it cannot start.
+
+    The log and the spawn marker get `file_mode` (less what the umask masks).
 
     The spawn marker is written first, so that a daemon that dies at any
     moment after it never takes the run for one that was never started.
@@ -242,11 +246,11 @@ def spawn(paths: RunPaths, argv: list[str], env: dict[str, str], grace: float) -
     file_actions = [
         (os.POSIX_SPAWN_DUP2, write_fd, SHIM_STATUS_FD),  # dup2 clears close-on-exec
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(paths.log_file), log_flags, 0o640),
+        (os.POSIX_SPAWN_OPEN, 1, str(paths.log_file), log_flags, file_mode),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     try:
-        _write_spawn_marker(paths.spawn_marker)
+        _write_spawn_marker(paths.spawn_marker, file_mode)
         pid = os.posix_spawn(
             sys.executable, shim_argv, env,
             file_actions=file_actions, setsid=True, setsigdef=_RESTORED_SIGNALS,
@@ -272,10 +276,10 @@ def _status_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
-def _write_spawn_marker(path: Path) -> None:
+def _write_spawn_marker(path: Path, mode: int) -> None:
     # No fsync: the marker only has to outlive the daemon, not the machine.
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    os.close(os.open(path, flags, 0o640))
+    os.close(os.open(path, flags, mode))
 
 
 def piped_record(run: RunProcess) -> str | None:

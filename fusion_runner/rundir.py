@@ -13,13 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion_runner import inifile, templates
+from fusion_runner import inifile, sharing, templates
 from fusion_runner.errors import InvalidRun
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 
-DIR_MODE = 0o750
-CONFIG_MODE = 0o640
+DIR_MODE = sharing.PRIVATE.folder
+CONFIG_MODE = sharing.PRIVATE.file
 MAX_VALUE_DEPTH = 64
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
@@ -208,6 +208,7 @@ def prepare(
     *,
     template: str | None = None,
     templates_dir: Path | None = None,
+    modes: sharing.Modes = sharing.PRIVATE,
 ) -> RunPaths:
     """Lay out the run directory; InvalidRun, before anything is written, for a bad row.
 
@@ -218,7 +219,9 @@ def prepare(
 
     Everything inside run_dir is made through a descriptor of run_dir opened
     without following symlinks, so nothing is ever written outside runs_dir.
-    Other OSErrors (permissions, a full disk) propagate.
+    Folders and config.ini get `modes`; a run folder of another user (the GUI
+    made it) is used if the daemon may write into it. Other OSErrors
+    (permissions, a full disk) propagate, naming the path.
     """
     paths = RunPaths.under(runs_dir, run_id)
     config = parse_config_json(config_json)
@@ -235,40 +238,58 @@ def prepare(
     paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
     runs_fd = os.open(paths.run_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        run_fd = _private_dir(runs_fd, paths.run_dir)
+        run_fd = _private_dir(runs_fd, paths.run_dir, modes.folder)
     finally:
         os.close(runs_fd)
     try:
         for path in (paths.log_file.parent, paths.output_dir):
-            os.close(_private_dir(run_fd, path))
+            os.close(_private_dir(run_fd, path, modes.folder))
         # A config.ini seen above but gone since is rendered now after all.
-        _write_once(run_fd, paths.config_file.name, lambda: render() if ini is None else ini)
+        _write_once(run_fd, paths.config_file, lambda: render() if ini is None else ini,
+                    modes.file)
     finally:
         os.close(run_fd)
     return paths
 
 
-def _private_dir(parent_fd: int, path: Path) -> int:
-    """Make or reuse directory path (in parent_fd) with mode 0750 exactly; its descriptor."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path.name, DIR_MODE, dir_fd=parent_fd)
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+def _private_dir(parent_fd: int, path: Path, mode: int = DIR_MODE) -> int:
+    """Make or reuse directory path (in parent_fd) with `mode` exactly; its descriptor."""
     try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path.name, mode, dir_fd=parent_fd)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path.name, flags, dir_fd=parent_fd)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENOTDIR):
             raise InvalidRun(f"{path} is a symlink or not a directory") from None
-        raise
+        raise _naming(error, f"cannot make or open {path}", path.parent) from None
     try:
-        os.fchmod(fd, DIR_MODE)  # mkdir's mode was masked by the umask
+        _set_mode(fd, path, mode)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def _write_once(dir_fd: int, name: str, render: Callable[[], str]) -> None:
-    """Write name atomically (temp file + os.replace), unless it exists already."""
+def _set_mode(fd: int, path: Path, mode: int) -> None:
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() and os.geteuid() != 0:
+        # Another user's folder (a GUI made it): used as it is if we may write in it.
+        if not sharing.may_write(info):
+            raise PermissionError(errno.EACCES, sharing.refusal(path, info))
+        return
+    os.fchmod(fd, mode)  # mkdir's mode was masked by the umask
+
+
+def _naming(error: OSError, doing: str, needs: Path) -> OSError:
+    """The same error, its message naming the path and the access it needed."""
+    return type(error)(error.errno, f"{doing}: {error.strerror} "
+                                    f"(needs write and search access to {needs})")
+
+
+def _write_once(dir_fd: int, path: Path, render: Callable[[], str], mode: int) -> None:
+    """Write path's name in dir_fd atomically (temp file + os.replace), unless it exists."""
+    name = path.name
     with contextlib.suppress(FileNotFoundError):
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return
@@ -276,9 +297,12 @@ def _write_once(dir_fd: int, name: str, render: Callable[[], str]) -> None:
     temporary = f".{name}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(
-            os.open(temporary, flags, CONFIG_MODE, dir_fd=dir_fd), "w", encoding="utf-8"
-        ) as file:
+        try:
+            fd = os.open(temporary, flags, mode, dir_fd=dir_fd)
+        except OSError as error:
+            raise _naming(error, f"cannot write {path}", path.parent) from None
+        os.fchmod(fd, mode)  # the umask may have masked the group's bits
+        with open(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())

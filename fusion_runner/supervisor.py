@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusion_runner import config as config_module
-from fusion_runner import liverun, outcome, process, procfs, rundir
+from fusion_runner import liverun, outcome, process, procfs, rundir, sharing
 from fusion_runner.config import Config, sqlite_path
 from fusion_runner.errors import CannotInspect, InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
@@ -94,6 +94,7 @@ class Supervisor:
         self._writes_seen = 0
         # Failed runs whose final status a database error kept from the row.
         self._unwritten_failures: dict[str, str] = {}
+        self._modes = sharing.modes_for(config.group_write)
         # After a failed pass, look at clients' changes again whatever data_version says.
         self._database_unsure = False
         self._trouble: tuple[str, float] = ("", float("-inf"))
@@ -571,10 +572,12 @@ class Supervisor:
             paths = rundir.prepare(
                 self.config.runs_dir, claimed.id, claimed.config_json,
                 template=claimed.template, templates_dir=self.config.templates_dir,
+                modes=self._modes,
             )
             argv = rundir.expand_command(self.config.sim_command, paths, sys.executable)
             env = rundir.environment(paths, os.environ)
-            spawned = process.spawn(paths, argv, env, self.config.stop_grace_seconds)
+            spawned = process.spawn(paths, argv, env, self.config.stop_grace_seconds,
+                                    file_mode=self._modes.file)
         except Exception as error:
             # Whatever stops this run before its spawn (a bad row, a folder it
             # cannot have, a command that is not there) fails this run alone.

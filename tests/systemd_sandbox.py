@@ -124,15 +124,23 @@ def ensure_service_user() -> pwd.struct_passwd:
 
 
 @pytest.fixture(scope="session")
-def service_venv(systemd_sandbox: None) -> Path:
-    """The checkout installed (not editable) into a venv of the system interpreter:
-    the unit's ProtectHome hides /root and /home, where pyenv and conda live."""
-    ensure_service_user()
+def system_venv() -> Path:
+    """The checkout installed (not editable) into a venv of the system interpreter,
+    outside /tmp and home folders: for daemons that run as other users (the unit's
+    ProtectHome hides /root and /home, where pyenv and conda live)."""
+    if os.geteuid() != 0 or not Path(SYSTEM_PYTHON).exists():
+        skip_or_fail(f"a daemon as another user needs root and {SYSTEM_PYTHON}")
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(VENV)], check=True, timeout=120)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", f"{ROOT}[postgres]"],
                    check=True, timeout=600, capture_output=True)
     return VENV
+
+
+@pytest.fixture(scope="session")
+def service_venv(systemd_sandbox: None, system_venv: Path) -> Path:
+    ensure_service_user()
+    return system_venv
 
 
 # --- per test: the unit, its configuration, the client ------------------------------------------
