@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fusion_runner import outcome, process, rundir
 from fusion_runner.process import RunProcess
-from fusion_runner.progress import Columns, Progress, ProgressReader
+from fusion_runner.progress import Columns
+from fusion_runner.runprogress import RunProgress
 from fusion_runner.store import OwnedRun
 
 LOG_TAIL_BYTES = 3072
@@ -30,7 +31,7 @@ class LiveRun:
     id: str
     paths: rundir.RunPaths
     process: process.RunProcess
-    reader: ProgressReader
+    progress: RunProgress
     adopted: bool = False  # started by an earlier daemon: not our child to reap
     # pid, pgid and started_at are in the row: until then every pass tries again.
     start_recorded: bool = True
@@ -44,17 +45,19 @@ class LiveRun:
     progress_unread: bool = False  # the file changed since it was last read
     progress_pending: Columns = field(default_factory=dict)
     progress_written_at: float = float("-inf")
+    # Result folders the log named that are not in the database yet.
+    outputs_unrecorded: list[str] = field(default_factory=list)
 
     @classmethod
-    def adopt(cls, owned: OwnedRun, run_process: RunProcess, runs_dir: Path) -> LiveRun:
+    def adopt(cls, owned: OwnedRun, run_process: RunProcess, runs_dir: Path,
+              progress_source: str) -> LiveRun:
         """A run an earlier daemon started, its progress read on from where it stopped."""
         # The runs directory the run was started in, even if the setting changed since.
         base = Path(owned.run_dir).parent if owned.run_dir else runs_dir
         paths = rundir.RunPaths.under(base, owned.id)
-        progress = Progress(**owned.progress)  # type: ignore[arg-type]
-        reader = ProgressReader(paths.progress_file, offset=owned.progress_offset or 0,
-                                progress=progress)
-        return cls(owned.id, paths, run_process, reader, adopted=True)
+        progress = RunProgress.resume(paths, progress_source, owned.progress,
+                                      owned.progress_offset, owned.log_offset)
+        return cls(owned.id, paths, run_process, progress, adopted=True)
 
     def unrecoverable(self) -> str:
         """Why an adopted run that ended unwatched has no outcome but FAILED."""
@@ -81,7 +84,7 @@ class LiveRun:
     def outcome(self) -> outcome.Outcome:
         """How the run ended, from its exit status; progress only adds to the message."""
         return outcome.decide(
-            self.exit_record(), self.wait_status, self.reader.progress.last_error, self.log_tail()
+            self.exit_record(), self.wait_status, self.progress.last_error, self.log_tail()
         )
 
 

@@ -77,6 +77,28 @@ class RunClaim(Base):
     # unlike a wall-clock start time they do not move when the clock is stepped.
     process_start_ticks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     boot_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Bytes of logs/sim.log already applied to the progress columns (FUSION's
+    # log, SPEC §5); NULL while the log does not drive them. 64-bit: a log
+    # may outgrow 2 GiB.
+    log_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class RunOutput(Base):
+    """A folder outside the run folder where the run's simulation wrote results.
+
+    FUSION writes its results in its own checkout and names the folder only in
+    its log (`Saving to: DIR`). A table, not a column: a run may name several
+    folders (one per thread, say), each noted once, when first seen, by a
+    plain INSERT, where a list in a column would be read and rewritten each
+    time; and neither the GUI's `runs` table nor the claims row (replaced
+    when a run is claimed again) is the place for it. A client never needs it.
+    """
+
+    __tablename__ = "fusion_runner_outputs"
+
+    run_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
 
 RUNS_COLUMNS: tuple[str, ...] = tuple(column.name for column in Run.__table__.columns)

@@ -2,6 +2,8 @@
 
 `apply_line` is pure; `ProgressReader` does I/O only inside `poll`. Nothing in
 here raises for bad content: a bad line or value is skipped and described.
+`LineReader` (complete lines, offsets, truncation, over-long lines) is shared
+with the reader of FUSION's own log (`fusionlog`).
 """
 
 from __future__ import annotations
@@ -50,17 +52,30 @@ class Progress:
 
 def apply_line(progress: Progress, line: bytes) -> list[str]:
     """Apply one complete line (without its newline); return what was skipped and why."""
+    record, problems = parse_line(line)
+    return problems if record is None else apply_record(progress, record)
+
+
+def parse_line(line: bytes) -> tuple[dict[str, object] | None, list[str]]:
+    """The line's record if it is a valid one (an object of a known type or none), else
+    None and why not; a blank line is neither."""
     if not line or line.isspace():
-        return []
+        return None, []
     try:
         record = json.loads(line.decode("utf-8", "replace"))
     except (ValueError, RecursionError) as exc:
-        return [f"malformed JSON: {_first_line(exc)}"]
+        return None, [f"malformed JSON: {_first_line(exc)}"]
     if type(record) is not dict:
-        return [f"not a JSON object: {type(record).__name__}"]
+        return None, [f"not a JSON object: {type(record).__name__}"]
     kind = record.get("type", _NO_TYPE)
     if kind is not _NO_TYPE and (type(kind) is not str or kind not in _EVENT_TYPES):
-        return [f"unknown type {_short(kind)}"]
+        return None, [f"unknown type {_short(kind)}"]
+    return record, []
+
+
+def apply_record(progress: Progress, record: dict[str, object]) -> list[str]:
+    """Apply a valid record; a wrongly typed value is skipped by itself and described."""
+    kind = record.get("type", _NO_TYPE)
     problems: list[str] = []
     _apply_erlang(progress, record, problems)
     _apply_values(progress, record, problems, _COUNT_KEYS)
@@ -78,7 +93,7 @@ def _apply_values(
 ) -> None:
     for key, column in counts.items():
         if key in record:
-            count = _as_count(record[key])
+            count = as_count(record[key])
             if count is None:
                 problems.append(f"{key}: not a count: {_short(record[key])}")
             else:
@@ -87,7 +102,7 @@ def _apply_values(
 
 def _apply_erlang(progress: Progress, record: dict[str, object], problems: list[str]) -> None:
     if "erlang" in record:
-        value = _as_float(record["erlang"])
+        value = as_float(record["erlang"])
         if value is None:
             problems.append(f"erlang: not a number: {_short(record['erlang'])}")
         else:
@@ -126,7 +141,7 @@ def _apply_exact(
             problems.append(f"{key}: not {described}: {_short(value)}")
 
 
-def _as_float(value: object) -> float | None:
+def as_float(value: object) -> float | None:
     """A finite float from a JSON int or float (bool is not a number)."""
     if type(value) is float:
         return value if math.isfinite(value) else None
@@ -138,7 +153,7 @@ def _as_float(value: object) -> float | None:
     return None
 
 
-def _as_count(value: object) -> int | None:
+def as_count(value: object) -> int | None:
     """An int in [0, MAX_COUNT] from a JSON int or an integral float (bool is not a number)."""
     if type(value) is float and value.is_integer():
         value = int(value)
@@ -158,8 +173,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).partition("\n")[0] or type(exc).__name__)[:80]
 
 
-class ProgressReader:
-    """Incremental reader of one run's progress.jsonl (I/O only through `poll`)."""
+class LineReader:
+    """Incremental reader of a file's complete lines into a `Progress` (I/O only in `poll`).
+
+    A subclass says what a line means (`_apply_line`). A line not yet ended by
+    a newline is held until it is; one longer than MAX_LINE_BYTES is skipped
+    without being held; a file that shrinks or is replaced is read again from
+    the start. `offset` is where to resume after a restart.
+    """
 
     def __init__(self, path: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
         self.path = path
@@ -194,6 +215,10 @@ class ProgressReader:
         """Descriptions of what was skipped since the last call (at most MAX_NOTES); clears."""
         notes, self._notes, self.problems = self._notes, [], 0
         return notes
+
+    def _apply_line(self, line: bytes) -> list[str]:
+        """Apply one complete line (at most MAX_LINE_BYTES, no newline); what was skipped."""
+        raise NotImplementedError
 
     def _read_new(self, fd: int) -> None:
         stat = os.fstat(fd)
@@ -240,7 +265,7 @@ class ProgressReader:
         if len(line) > MAX_LINE_BYTES:
             self._note(position, f"line longer than {MAX_LINE_BYTES} bytes skipped")
             return
-        for problem in apply_line(self.progress, line):
+        for problem in self._apply_line(line):
             self._note(position, problem)
 
     def _note(self, position: int, problem: str) -> None:
@@ -253,3 +278,18 @@ class ProgressReader:
         changed = {name: value for name, value in columns.items() if self._reported[name] != value}
         self._reported = columns
         return changed
+
+
+class ProgressReader(LineReader):
+    """Incremental reader of one run's progress.jsonl."""
+
+    # Whether the file has had a valid line: then, with progress_source "auto",
+    # it alone drives the columns (a truncation does not take that back).
+    spoken = False
+
+    def _apply_line(self, line: bytes) -> list[str]:
+        record, problems = parse_line(line)
+        if record is None:
+            return problems
+        self.spoken = True
+        return apply_record(self.progress, record)

@@ -1,8 +1,9 @@
 """`fusion-runner show ID`: every column of a run, its directory, exit record and log's end.
 
 As text, folded to 80 columns; with --json, one object: the SPEC §1 columns
-under their own names (timestamps in ISO 8601), plus `run_dir` and
-`exit_record`.
+under their own names (timestamps in ISO 8601), plus `run_dir`, `exit_record`
+and `outputs` (the folders outside the run folder where the simulation wrote
+results, as FUSION's log named them, each with its link in the run folder).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fusion_runner import client, logs, outcome, rundir, view
+from fusion_runner import client, logs, outcome, outputs, rundir, view
 from fusion_runner import config as config_module
 from fusion_runner.errors import InvalidRun, UnknownRun
 from fusion_runner.models import RUNS_COLUMNS
@@ -31,6 +32,7 @@ def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
         run_id = client.resolve(store, args.id)
         row = store.get_run(run_id)
         folder = client.run_dir(store, settings, run_id)
+        found = run_outputs(store.run_outputs(run_id), folder)
     if row is None:
         raise UnknownRun(f"no run with id {args.id!r}")
     record = client.exit_record(folder) if folder is not None else None
@@ -38,17 +40,30 @@ def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
         print(json.dumps(client.row_json(row) | {
             "run_dir": None if folder is None else str(folder),
             "exit_record": None if record is None else exit_json(record),
+            "outputs": found,
         }, indent=2))  # fmt: skip
     else:
-        print("\n".join(text_lines(row, folder, record)))
+        print("\n".join(text_lines(row, folder, record, found)))
     return 0
 
 
-def text_lines(row: Any, folder: Path | None, record: outcome.ExitRecord | None) -> list[str]:
+def run_outputs(noted: list[tuple[str, datetime]], folder: Path | None) -> list[dict[str, Any]]:
+    """The result folders noted for a run, each with its link (`output/fusion`) if any."""
+    linked = outputs.links(folder / "output") if folder is not None else {}
+    return [{"path": path, "first_seen": client.iso(first_seen),
+             "link": f"output/{linked[path]}" if path in linked else None}
+            for path, first_seen in noted]
+
+
+def text_lines(row: Any, folder: Path | None, record: outcome.ExitRecord | None,
+               found: list[dict[str, Any]] | None = None) -> list[str]:
     lines = [field(column, value_text(getattr(row, column)))
              for column in RUNS_COLUMNS if column not in BLOCKS or getattr(row, column) is None]
     lines.append(field("run_dir", str(folder or "-")))
     lines.append(field("exit", exit_text(record)))
+    for output in found or []:  # one line each, so that a folded path is told apart
+        link = f"{output['link']} -> " if output["link"] else ""
+        lines.append(field("results", f"{link}{output['path']}"))
     lines += block("error_message", (row.error_message or "").splitlines())
     lines += block("config_json", config_lines(row.config_json))
     tail = logs.last_lines(client.log_file(folder), LOG_LINES) if folder else None

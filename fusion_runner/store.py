@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,15 +38,20 @@ from sqlalchemy.schema import Column, CreateColumn
 
 from fusion_runner import config as config_module
 from fusion_runner.errors import ConfigError, DatabaseError, SchemaError
-from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunStatus
+from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput, RunStatus
 from fusion_runner.progress import PROGRESS_COLUMNS
 
 runs = cast(Table, Run.__table__)
 claims = cast(Table, RunClaim.__table__)
+outputs = cast(Table, RunOutput.__table__)
 # How many of the oldest PENDING rows one claim attempt considers; another
 # daemon may win some of them.
 CLAIM_CANDIDATES = 8
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Tries at creating the daemon's tables when another process creates them too.
+CREATE_ATTEMPTS = 3
+# Tries at switching a new database to WAL while another process does the same.
+WAL_ATTEMPTS = 20
 # Every error a statement can end with, through SQLAlchemy or on the raw
 # DBAPI connection (translated to DatabaseError): the loop outlives them all.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
@@ -64,7 +70,7 @@ _STATUSES = select(runs.c.id, runs.c.status).where(
 )
 _SAVE_OFFSET = (
     update(claims).where(claims.c.run_id == bindparam("claimed_run"))
-    .values(progress_offset=bindparam("offset"))
+    .values(progress_offset=bindparam("offset"), log_offset=bindparam("log_offset"))
 )
 _NEVER_CLAIMED = ~select(claims.c.run_id).where(claims.c.run_id == runs.c.id).exists()
 _CANCELLED_PENDING = (
@@ -111,16 +117,31 @@ class OwnedRun:
     process_start_time: float | None  # what earlier versions recorded alone
     run_dir: str | None
     progress_offset: int | None
+    log_offset: int | None
     progress: dict[str, float | int | None]
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(cursor)
     # Safe with WAL: a power cut may lose the last commits, never corrupt.
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """journal_mode = WAL, again when two processes open a database not yet in WAL
+    mode at once: switching needs the database to itself, and SQLite then answers
+    "database is locked" at once instead of waiting out the busy timeout."""
+    for attempt in range(1, WAL_ATTEMPTS + 1):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == WAL_ATTEMPTS:
+                raise
+            time.sleep(0.01 * attempt)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -159,8 +180,8 @@ class Store:
 
     def ensure_schema(self, *, upgrade_claims: bool = True) -> None:
         """Create missing tables and, with `upgrade_claims`, add the columns an
-        earlier version's claims table lacks; refuse a `runs` table that lacks a
-        column (never altered: it is the GUI's)."""
+        earlier version's claims table lacks and the daemon's newer tables;
+        refuse a `runs` table that lacks a column (never altered: it is the GUI's)."""
         try:
             inspector = inspect(self.engine)
             if inspector.has_table("runs"):
@@ -168,11 +189,31 @@ class Store:
                 missing = [name for name in RUNS_COLUMNS if name not in present]
                 if missing:
                     raise SchemaError(f"the runs table lacks column {missing[0]!r}")
-            Base.metadata.create_all(self.engine)
+            # Without `upgrade_claims` (the client commands) a table the daemon
+            # alone writes is left missing, as a user who may only read needs.
+            self._create_missing_tables(None if upgrade_claims else [runs, claims])
             for column in self._missing_claim_columns() if upgrade_claims else []:
                 self._add_claim_column(column)
         except SQLAlchemyError as error:
             raise ConfigError(f"database_url: cannot open the database: {error}") from None
+
+    def _create_missing_tables(self, tables: list[Table] | None) -> None:
+        """CREATE TABLE for those missing, tolerant of another process (a second daemon,
+        a client command) creating one at the same moment."""
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                Base.metadata.create_all(self.engine, tables=tables)
+                return
+            except SQLAlchemyError:
+                # "already exists", or SQLite's immediate "database is locked" for the
+                # one of two connections that both turn a read into a write: look
+                # again, and try again while a table is still missing.
+                present = set(inspect(self.engine).get_table_names())
+                wanted = tables or Base.metadata.sorted_tables
+                if all(table.name in present for table in wanted):
+                    return
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
 
     def _missing_claim_columns(self) -> list[Column[Any]]:
         # A new inspector each time: one caches what it has read.
@@ -292,18 +333,22 @@ class Store:
             return _conditional_update(conn, run_id, expected, status=new, **fields)
 
     def write_progress(
-        self, run_id: str, columns: Mapping[str, float | int | None], offset: int
+        self, run_id: str, columns: Mapping[str, float | int | None], offset: int,
+        log_offset: int | None = None,
     ) -> bool:
-        """Progress columns of a RUNNING run, and how far its file was read."""
+        """Progress columns of a RUNNING run, and how far its file and its log were read
+        (`log_offset` None: the log does not drive the columns)."""
         if self._is_sqlite:
-            return self._write_progress_sqlite(run_id, columns, offset)
+            return self._write_progress_sqlite(run_id, columns, offset, log_offset)
         with self.engine.begin() as conn:
             won = _conditional_update(conn, run_id, RunStatus.RUNNING, **columns)
-            conn.execute(_SAVE_OFFSET, {"claimed_run": run_id, "offset": offset})
+            conn.execute(_SAVE_OFFSET, {"claimed_run": run_id, "offset": offset,
+                                        "log_offset": log_offset})
             return won
 
     def _write_progress_sqlite(
-        self, run_id: str, columns: Mapping[str, float | int | None], offset: int
+        self, run_id: str, columns: Mapping[str, float | int | None], offset: int,
+        log_offset: int | None,
     ) -> bool:
         # The daemon's most frequent write (ten runs: 200 a second), straight on
         # the DBAPI connection: ~15 us here against ~120 us through Core.
@@ -320,8 +365,9 @@ class Store:
             )
             won = bool(cursor.rowcount == 1)
             cursor.execute(
-                "UPDATE fusion_runner_claims SET progress_offset = ? WHERE run_id = ?",
-                (offset, run_id),
+                "UPDATE fusion_runner_claims SET progress_offset = ?, log_offset = ? "
+                "WHERE run_id = ?",
+                (offset, log_offset, run_id),
             )
             connection.commit()
         except BaseException as error:
@@ -354,7 +400,8 @@ class Store:
         unfinished = (runs.c.status != RunStatus.PENDING) & runs.c.completed_at.is_(None)
         query = (
             select(runs, claims.c.process_start_ticks, claims.c.boot_id,
-                   claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset)
+                   claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset,
+                   claims.c.log_offset)
             .join(claims, claims.c.run_id == runs.c.id)
             .where((claims.c.worker_id == worker_id) & unfinished)
             .order_by(runs.c.created_at)
@@ -365,11 +412,25 @@ class Store:
                     id=row.id, status=row.status, pid=row.pid, pgid=row.pgid,
                     process_start_ticks=row.process_start_ticks, boot_id=row.boot_id,
                     process_start_time=row.process_start_time, run_dir=row.run_dir,
-                    progress_offset=row.progress_offset,
+                    progress_offset=row.progress_offset, log_offset=row.log_offset,
                     progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
                 )
                 for row in conn.execute(query)
             ]
+
+    def add_output(self, run_id: str, path: str) -> bool:
+        """Note a folder of the run's results; False if it was noted already.
+
+        Only the daemon that owns the run writes its folders, so the check and
+        the insert need no lock against another writer.
+        """
+        noted = select(outputs.c.run_id).where(
+            (outputs.c.run_id == run_id) & (outputs.c.path == path))
+        with self.engine.begin() as conn:
+            if conn.execute(noted).first() is not None:
+                return False
+            conn.execute(insert(outputs).values(run_id=run_id, path=path, first_seen=utcnow()))
+            return True
 
     def release_claim(self, run_id: str) -> bool:
         """RUNNING -> PENDING for a run claimed but never spawned."""
@@ -483,6 +544,17 @@ class Store:
             query = query.where(runs.c.status.in_(list(statuses)))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def run_outputs(self, run_id: str) -> list[tuple[str, datetime]]:
+        """The folders of a run's results (path, first seen), oldest first; none when no
+        daemon has made the table yet."""
+        if not inspect(self.engine).has_table(outputs.name):
+            return []
+        query = (select(outputs.c.path, outputs.c.first_seen)
+                 .where(outputs.c.run_id == run_id)
+                 .order_by(outputs.c.first_seen, outputs.c.path))
+        with self.engine.connect() as conn:
+            return [(str(row.path), row.first_seen) for row in conn.execute(query)]
 
     def recorded_run_dir(self, run_id: str) -> str | None:
         """The run directory the daemon recorded when it spawned the run, if any."""

@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusion_runner import config as config_module
-from fusion_runner import liverun, outcome, process, procfs, rundir, sharing
+from fusion_runner import liverun, outcome, outputs, process, procfs, rundir, sharing
 from fusion_runner.config import Config, sqlite_path
 from fusion_runner.errors import CannotInspect, InvalidRun
 from fusion_runner.liverun import LiveRun, StopReason
 from fusion_runner.models import RunStatus
-from fusion_runner.progress import ProgressReader
+from fusion_runner.runprogress import RunProgress
 from fusion_runner.store import DATABASE_ERRORS, ClaimedRun, OwnedRun, Store, utcnow
 from fusion_runner.systemd import Notifier
 from fusion_runner.wakeups import Reason, Wakeup, Wakeups
@@ -357,11 +357,15 @@ class Supervisor:
 
     def _adopt(self, owned: OwnedRun, run_process: process.RunProcess,
                verdict: process.Verdict, now: float) -> None:
-        run = LiveRun.adopt(owned, run_process, self.config.runs_dir)
+        run = LiveRun.adopt(owned, run_process, self.config.runs_dir,
+                            self.config.progress_source)
         self.live[run.id] = run
         if verdict is process.Verdict.ALIVE:
             self._watch(run)
-            log.info("run=%s action=adopted pid=%d", run.id, run_process.pid)
+            # Where progress goes on from: what the last daemon had applied.
+            log.info("run=%s action=adopted pid=%d progress_offset=%d log_offset=%s",
+                     run.id, run_process.pid, run.progress.file_offset,
+                     run.progress.log_offset)
         else:
             # GONE or REUSED (CANNOT_TELL was refused): a group of that number is
             # still the run's only if the pid was neither reused nor of another boot.
@@ -394,17 +398,19 @@ class Supervisor:
     def _finish_unwatched_start(self, run_id: str, paths: rundir.RunPaths) -> None:
         """A run whose spawn an earlier daemon began but never recorded, now ended."""
         record = liverun.read_exit_record(paths)
-        reader = ProgressReader(paths.progress_file)
+        reader = RunProgress.start(paths, self.config.progress_source)
         try:
             columns = reader.poll()
+            reader.finish()
         except OSError:
             columns = {}
+        self._note_outputs(run_id, paths, reader.take_outputs())
         if record is None:
             result = outcome.Outcome(RunStatus.FAILED, (
                 f"the runner stopped while starting this run and no exit record was left in "
                 f"{paths.exit_record}; it is not started again, so that it never runs twice"))
         else:
-            result = outcome.decide(record, None, reader.progress.last_error,
+            result = outcome.decide(record, None, reader.last_error,
                                     liverun.read_log_tail(paths))
         started = _modified_at(paths.spawn_marker)
         pid = None if record is None else record.shim_pid
@@ -495,20 +501,64 @@ class Supervisor:
     def _poll_progress(self, run: LiveRun, now: float) -> None:
         if self.wakeups is not None:
             self.wakeups.rearm_progress(run.id)
+        reading_log = run.progress.log_live
         try:
-            run.progress_pending.update(run.reader.poll())
+            run.progress_pending.update(run.progress.poll())
         except OSError as error:
             log.warning("run=%s action=progress_unreadable error=%s", run.id, error)
+        if reading_log and not run.progress.log_live:
+            self._file_took_over(run)
+        run.outputs_unrecorded += run.progress.take_outputs()
+        self._record_outputs(run)
+        self._log_problems(run, now)
+
+    def _file_took_over(self, run: LiveRun) -> None:
+        """progress_source "auto": progress.jsonl has a valid line, the log is not read on."""
+        if self.wakeups is not None:
+            self.wakeups.unwatch_log(run.id)
+        log.debug("run=%s action=progress_source source=file log_offset=%d",
+                  run.id, run.progress.log.offset if run.progress.log is not None else 0)
+
+    def _read_rest_of_log(self, run: LiveRun) -> None:
+        """The result folders the log named after progress.jsonl took over ("auto")."""
+        try:
+            run.progress.finish()
+        except OSError as error:
+            log.warning("run=%s action=log_unreadable error=%s", run.id, error)
+        run.outputs_unrecorded += run.progress.take_outputs()
+        self._record_outputs(run)
+
+    def _record_outputs(self, run: LiveRun) -> None:
+        if run.outputs_unrecorded:
+            self._note_outputs(run.id, run.paths, run.outputs_unrecorded)
+            run.outputs_unrecorded = []
+
+    def _note_outputs(self, run_id: str, paths: rundir.RunPaths, folders: list[str]) -> None:
+        """Link each result folder the log named into output/ and note it in the database;
+        a database error leaves `folders` for the next pass (both steps are idempotent)."""
+        for folder in folders:
+            try:
+                name: str | None = outputs.link(paths.output_dir, folder)
+            except (OSError, ValueError) as error:
+                name = None
+                log.warning("run=%s action=output_not_linked path=%r error=%s",
+                            run_id, folder, error)
+            if self.store.add_output(run_id, folder):
+                log.info("run=%s action=output path=%r link=%s", run_id, folder,
+                         f"output/{name}" if name else "none")
+
+    def _log_problems(self, run: LiveRun, now: float) -> None:
         logged_at = self._problems_logged_at.get(run.id, -PROBLEM_LOG_SECONDS)
-        if run.reader.problems and now >= logged_at + PROBLEM_LOG_SECONDS:
+        if run.progress.problems and now >= logged_at + PROBLEM_LOG_SECONDS:
             self._problems_logged_at[run.id] = now
-            problems = run.reader.take_problems()
+            problems = run.progress.take_problems()
             log.warning("run=%s action=progress_skipped count=%d first=%r",
                         run.id, len(problems), problems[0] if problems else "")
 
     def _write_progress(self, run: LiveRun, now: float) -> None:
         # RUNNING -> RUNNING (progress columns only)
-        self.store.write_progress(run.id, run.progress_pending, run.reader.offset)
+        self.store.write_progress(run.id, run.progress_pending, run.progress.file_offset,
+                                  run.progress.log_offset)
         run.progress_pending = {}
         run.progress_written_at = now
 
@@ -523,6 +573,7 @@ class Supervisor:
             self._poll_progress(run, now)
             if run.progress_pending and run.stop_reason is None:
                 self._write_progress(run, now)
+            self._read_rest_of_log(run)
             self._finalise(run)
             self._forget(run)
 
@@ -583,7 +634,8 @@ class Supervisor:
             # cannot have, a command that is not there) fails this run alone.
             self._fail_before_spawn(claimed.id, str(error) or type(error).__name__)
             return
-        run = LiveRun(claimed.id, paths, spawned, ProgressReader(paths.progress_file),
+        run = LiveRun(claimed.id, paths, spawned,
+                      RunProgress.start(paths, self.config.progress_source),
                       start_recorded=False, started_at=utcnow())
         self.live[run.id] = run
         self._watch(run)
@@ -625,7 +677,10 @@ class Supervisor:
     def _watch(self, run: LiveRun) -> None:
         if self.wakeups is not None:
             self.wakeups.watch_exit(run.id, run.process.pid)
-            self.wakeups.watch_progress(run.id, run.paths.run_dir)
+            if run.progress.reads_file:
+                self.wakeups.watch_progress(run.id, run.paths.run_dir)
+            if run.progress.log_live:  # never with progress_source "file"
+                self.wakeups.watch_log(run.id, run.paths.log_file.parent)
 
     def _forget(self, run: LiveRun) -> None:
         process.close_status_pipe(run.process)

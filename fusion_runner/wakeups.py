@@ -38,8 +38,12 @@ from fusion_runner import inotify
 
 log = logging.getLogger("fusion_runner")
 PROGRESS_FILE = "progress.jsonl"
+LOG_FILE = "sim.log"
 # The watch key of the database's folder (a run id is 12 hex characters).
 DATABASE_KEY = "(database)"
+# A run's log is in another folder (logs/): a watch of its own, under the run's
+# id with this suffix, whose change wakes the loop as the run's progress.
+LOG_KEY_SUFFIX = "+log"
 _CHANGES = [FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent]
 
 
@@ -48,7 +52,7 @@ class Reason(enum.Enum):
     EXIT = "exit"  # a run's shim ended
     STOP = "stop"  # SIGTERM / SIGINT
     HANGUP = "hangup"  # SIGHUP: what `systemctl reload` and log rotation send
-    PROGRESS = "progress"  # a run's progress.jsonl changed
+    PROGRESS = "progress"  # a run's progress.jsonl or its log changed
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class Wakeups:
         if key == DATABASE_KEY:
             self.put(Wakeup(Reason.DATABASE))
         else:
-            self.put(Wakeup(Reason.PROGRESS, key))
+            self.put(Wakeup(Reason.PROGRESS, key.removesuffix(LOG_KEY_SUFFIX)))
 
     def wait(self, timeout: float) -> list[Wakeup]:
         """Block until a wake-up or `timeout` seconds; return all that are queued."""
@@ -106,9 +110,15 @@ class Wakeups:
         """Wake with the run's id when its progress file changes; one watch per live run."""
         self._watch_folder(run_id, run_dir, {PROGRESS_FILE})
 
+    def watch_log(self, run_id: str, log_dir: Path) -> None:
+        """Wake with the run's id when its log (FUSION's progress) changes: a second
+        watch, only for runs whose log drives the progress columns."""
+        self._watch_folder(run_id + LOG_KEY_SUFFIX, log_dir, {LOG_FILE})
+
     def rearm_progress(self, run_id: str) -> None:
-        """Call right before reading a run's progress file: its next change wakes us."""
+        """Call right before reading a run's progress file or log: the next change wakes us."""
         self._progress.arm(run_id)
+        self._progress.arm(run_id + LOG_KEY_SUFFIX)  # nearly free when the log is not watched
 
     def _watch_folder(self, key: str, folder: Path, names: set[str]) -> None:
         try:
@@ -127,8 +137,16 @@ class Wakeups:
             log.warning("action=watch_failed folder=%s error=%s", folder, error)
 
     def unwatch_progress(self, run_id: str) -> None:
-        self._progress.unwatch(run_id)
-        watch = self._polled.pop(run_id, None)
+        """Watch neither the run's progress file nor its log any more."""
+        self._unwatch(run_id)
+        self.unwatch_log(run_id)
+
+    def unwatch_log(self, run_id: str) -> None:
+        self._unwatch(run_id + LOG_KEY_SUFFIX)
+
+    def _unwatch(self, key: str) -> None:
+        self._progress.unwatch(key)
+        watch = self._polled.pop(key, None)
         if watch is not None and self._polling is not None:
             # The folder may be gone already (a deleted run): nothing to stop then.
             with contextlib.suppress(KeyError, OSError):

@@ -286,7 +286,8 @@ def test_show_json_of_a_failed_and_a_pending_run(world: World) -> None:
         ).fetchone()
 
     shown = json.loads(failed.stdout)
-    assert set(shown) == {*RUNS_COLUMNS, "run_dir", "exit_record"}
+    assert set(shown) == {*RUNS_COLUMNS, "run_dir", "exit_record", "outputs"}
+    assert shown["outputs"] == []  # no folder outside the run folder was named
     assert shown["status"] == "FAILED" and "exit code 3" in shown["error_message"]
     assert shown["exit_record"]["exit_code"] == 3 and shown["exit_record"]["signal"] is None
     assert shown["exit_record"]["cpu_seconds"] >= 0

@@ -106,3 +106,40 @@ def wait_for_wakeups(wakeups: Wakeups) -> list[Wakeup]:
     """What arrives within one wait of up to 5 s, plus anything right behind it."""
     woken = wakeups.wait(5.0)
     return woken + wakeups.wait(0.3)
+
+
+@pytest.mark.parametrize("use_inotify", [True, False])
+def test_a_runs_log_wakes_it_as_its_progress_until_unwatched(
+    tmp_path: Path, use_inotify: bool
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "sim.log").touch()  # as the spawn leaves it before the watch
+    wakeups = Wakeups(use_inotify=use_inotify)
+    woken = [Wakeup(Reason.PROGRESS, "run-a")]
+    try:
+        wakeups.watch_progress("run-a", tmp_path)
+        wakeups.watch_log("run-a", logs)
+        assert poke_until_woken(wakeups, logs, "sim.log") == woken
+
+        wakeups.rearm_progress("run-a")  # re-arms the log's watch too
+        assert poke_until_woken(wakeups, logs, "sim.log") == woken
+
+        wakeups.rearm_progress("run-a")
+        wakeups.unwatch_log("run-a")  # the file took over: only progress.jsonl wakes it
+        append(logs, "sim.log", "more\n")
+        assert wakeups.wait(0.3) == []
+        assert poke_until_woken(wakeups, tmp_path, "progress.jsonl") == woken
+    finally:
+        wakeups.unwatch_progress("run-a")
+        wakeups.close()
+
+
+def poke_until_woken(wakeups: Wakeups, folder: Path, name: str) -> list[Wakeup]:
+    """Append to the file until a wake-up comes (a polling observer may take its first
+    look after the first append), then what else arrives right behind it."""
+    for _ in range(20):
+        append(folder, name, "more\n")
+        if woken := wakeups.wait(0.25):
+            return woken + wakeups.wait(0.3)
+    return []

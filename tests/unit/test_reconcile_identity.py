@@ -199,7 +199,7 @@ def test_missing_claim_columns_are_added_and_the_runs_table_is_left_alone(
 
     with sqlite3.connect(tmp_path / "legacy.db") as connection:
         claims = columns(connection, "fusion_runner_claims")
-        assert claims[-2:] == ["process_start_ticks", "boot_id"]
+        assert claims[-3:] == ["process_start_ticks", "boot_id", "log_offset"]
         assert columns(connection, "runs") == runs_before
     connection.close()
 
@@ -214,8 +214,10 @@ def test_the_client_commands_leave_an_earlier_versions_claims_table_as_it_is(
     store.close()
 
     with sqlite3.connect(tmp_path / "legacy.db") as connection:
-        assert not {"process_start_ticks", "boot_id"} & set(
+        assert not {"process_start_ticks", "boot_id", "log_offset"} & set(
             columns(connection, "fusion_runner_claims"))
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        assert "fusion_runner_outputs" not in tables
     connection.close()
 
 
