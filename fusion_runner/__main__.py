@@ -1,3 +1,3 @@
-from fusion_runner import cli
+from fusion_runner.cli.main import main
 
-raise SystemExit(cli.main())
+raise SystemExit(main())

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from fusion_runner import inifile
+from fusion_runner.core import inifile
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

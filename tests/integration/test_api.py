@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fusion_runner.models import RUNS_COLUMNS
+from fusion_runner.core.models import RUNS_COLUMNS
 from tests.conftest import Client, Daemon, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner.models import RUNS_COLUMNS
+from fusion_runner.core.models import RUNS_COLUMNS
 from tests.conftest import Client, Daemon, wait_until
 
 INI = """\

@@ -79,7 +79,7 @@ def test_runs_table_missing_a_column_exits_2_naming_it(tmp_path: Path) -> None:
 
 
 def test_table_made_by_the_daemon_has_the_gui_schema(tmp_path: Path) -> None:
-    from fusion_runner.store import Store
+    from fusion_runner.core.store import Store
 
     database = tmp_path / "new.db"
     Store.open(f"sqlite:///{database}").close()

@@ -77,7 +77,7 @@ class Shared:
         return self.root.parent / f"{self.root.name}.daemon.log"
 
     def start_daemon(self, group_write: bool) -> None:
-        code = ("import os, sys; os.umask(0o027); from fusion_runner.cli import main; "
+        code = ("import os, sys; os.umask(0o027); from fusion_runner.cli.main import main; "
                 "sys.exit(main(sys.argv[1:]))")
         account = pwd.getpwnam(DAEMON_USER)
         argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",

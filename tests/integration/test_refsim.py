@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from fusion_runner import results
+from fusion_runner.core import results
 from fusion_runner.refsim import cli, engine
 from tests.conftest import alive, kill_quietly, wait_until
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from fusion_runner.inifile import read_ini
+from fusion_runner.core.inifile import read_ini
 from tests.conftest import Client, Daemon, alive, wait_until
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "fusion_runner" / "data" / "fusion_minimal.ini"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import procfs
+from fusion_runner.executors import procfs
 from tests.conftest import Client, Daemon, alive, wait_until
 from tests.legacy_schema import columns, downgrade_claims
 
@@ -37,9 +37,10 @@ ENTER_SANDBOX = (
 WITH_HIDDEN_PROC = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from fusion_runner import cli, procfs\n"
+    "from fusion_runner.cli.main import main\n"
+    "from fusion_runner.executors import procfs\n"
     "procfs.PROC_ROOT = Path(sys.argv[1])\n"
-    "sys.exit(cli.main(sys.argv[2:]))\n"
+    "sys.exit(main(sys.argv[2:]))\n"
 )
 
 

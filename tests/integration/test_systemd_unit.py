@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import config
+from fusion_runner.core import config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "fusion-runner.service"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner.store import Store
+from fusion_runner.core.store import Store
 from tests.conftest import Client, Daemon, alive, wait_until
 from tests.integration.test_cli import cli_all, cli_env
 

@@ -13,8 +13,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from fusion_runner.api import Client
-from fusion_runner.errors import FusionRunnerError
+from fusion_runner.core.api import Client
+from fusion_runner.core.errors import FusionRunnerError
 
 
 def plain(value: Any) -> Any:

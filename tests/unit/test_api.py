@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from fusion_runner.api import Client, RunInfo, RunNotEnded
-from fusion_runner.errors import ConfigError, InvalidRun, SchemaError, UnknownRun
-from fusion_runner.models import RUNS_COLUMNS
-from fusion_runner.store import Store, utcnow
+from fusion_runner.core.api import Client, RunInfo, RunNotEnded
+from fusion_runner.core.errors import ConfigError, InvalidRun, SchemaError, UnknownRun
+from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.store import Store, utcnow
 from tests.unit.test_results import real_fusion_file
 
 

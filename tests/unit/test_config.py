@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import config
-from fusion_runner.errors import ConfigError
+from fusion_runner.core import config
+from fusion_runner.core.errors import ConfigError
 
 ALL_TOML = """
 database_url = "postgresql://u@db/runs"

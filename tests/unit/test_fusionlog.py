@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusion_runner.fusionlog import MAX_OUTPUTS, LogLine, LogReader, parse_log_line
-from fusion_runner.progress import MAX_LINE_BYTES, PROGRESS_COLUMNS, Columns, Progress
+from fusion_runner.core.fusionlog import MAX_OUTPUTS, LogLine, LogReader, parse_log_line
+from fusion_runner.core.progress import MAX_LINE_BYTES, PROGRESS_COLUMNS, Columns, Progress
 
 # CI has ../shared beside the checkout.
 REAL_LOG = (Path(__file__).resolve().parents[2].parent

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import outputs
+from fusion_runner.daemon import outputs
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fusion_runner import procfs
-from fusion_runner.process import Identity, RunProcess, Verdict, find_shim, tree_gone
+from fusion_runner.executors import procfs
+from fusion_runner.executors.local import Identity, RunProcess, Verdict, find_shim, tree_gone
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusion_runner.progress import (
+from fusion_runner.core.progress import (
     MAX_LINE_BYTES,
     PROGRESS_COLUMNS,
     Progress,

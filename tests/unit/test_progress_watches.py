@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import inotify
-from fusion_runner.wakeups import ProgressWatches, Reason, Wakeup, Wakeups
+from fusion_runner.daemon import inotify
+from fusion_runner.daemon.wakeups import ProgressWatches, Reason, Wakeup, Wakeups
 
 
 def append(folder: Path, name: str, text: str) -> None:

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from fusion_runner import procfs
-from fusion_runner.config import Config, sqlalchemy_url
-from fusion_runner.errors import CannotInspect
-from fusion_runner.models import RunStatus
-from fusion_runner.process import Identity
-from fusion_runner.rundir import RunPaths
-from fusion_runner.store import Store
-from fusion_runner.supervisor import Supervisor
+from fusion_runner.core.config import Config, sqlalchemy_url
+from fusion_runner.core.errors import CannotInspect
+from fusion_runner.core.models import RunStatus
+from fusion_runner.core.rundir import RunPaths
+from fusion_runner.core.store import Store
+from fusion_runner.daemon.supervisor import Supervisor
+from fusion_runner.executors import procfs
+from fusion_runner.executors.local import Identity
 from tests.legacy_schema import LEGACY_CLAIMS_TABLE, RUNS_TABLE, columns, create_legacy_database
 
 WORKER = "unit"

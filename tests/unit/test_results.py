@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import results
-from fusion_runner.results import ErlangPoint
+from fusion_runner.core import results
+from fusion_runner.core.results import ErlangPoint
 
 # Beside the checkout, as in CI: ../shared/data/fusion-real (too big to keep a copy here).
 FUSION_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fusion-real"

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from fusion_runner import rundir
-from fusion_runner.errors import FusionRunnerError, InvalidRun
+from fusion_runner.core import rundir
+from fusion_runner.core.errors import FusionRunnerError, InvalidRun
 
 RUN_ID = "abc123def456"
 

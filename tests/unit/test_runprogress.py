@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner.progress import Columns
-from fusion_runner.rundir import RunPaths
-from fusion_runner.runprogress import RunProgress
+from fusion_runner.core.progress import Columns
+from fusion_runner.core.rundir import RunPaths
+from fusion_runner.daemon.runprogress import RunProgress
 
 PREFIX = "2026-11-28 19:47:57,626 - fusion.core.simulation - INFO - "
 NOTHING: Columns = dict.fromkeys(("current_erlang", "total_erlangs", "current_iteration",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import process
+from fusion_runner.executors import local as process
 
 PYTHON = sys.executable
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner.config import Config
-from fusion_runner.models import RunStatus
-from fusion_runner.store import Store
-from fusion_runner.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
-from fusion_runner.wakeups import Reason, Wakeup
+from fusion_runner.core.config import Config
+from fusion_runner.core.models import RunStatus
+from fusion_runner.core.store import Store
+from fusion_runner.daemon.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
+from fusion_runner.daemon.wakeups import Reason, Wakeup
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from fusion_runner.systemd import Notifier
+from fusion_runner.daemon.systemd import Notifier
 
 
 def test_messages_reach_a_socket_in_the_abstract_namespace() -> None:

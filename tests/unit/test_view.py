@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 from rich.console import Console
 
-from fusion_runner import view
+from fusion_runner.cli import view
 
 NOW = datetime(2024, 5, 1, 12, 0, 0)
 SWEEP = json.dumps({"general_settings": {"erlang_start": 300, "erlang_step": 100}})

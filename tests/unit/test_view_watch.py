@@ -11,8 +11,8 @@ from typing import Any, cast
 import pytest
 from rich.console import Console
 
-from fusion_runner import watch
-from fusion_runner.store import Store, utcnow
+from fusion_runner.cli import watch
+from fusion_runner.core.store import Store, utcnow
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fusion_runner import worker_lock
-from fusion_runner.errors import AlreadyRunning
+from fusion_runner.core.errors import AlreadyRunning
+from fusion_runner.daemon import worker_lock
 
 
 def sqlite_url(tmp_path: Path) -> str:

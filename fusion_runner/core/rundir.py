@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion_runner import inifile, sharing, templates
-from fusion_runner.errors import InvalidRun
+from fusion_runner.core import inifile, sharing, templates
+from fusion_runner.core.errors import InvalidRun
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from fusion_runner import outcome, process, rundir
-from fusion_runner.process import RunProcess
-from fusion_runner.progress import Columns
-from fusion_runner.runprogress import RunProgress
-from fusion_runner.store import OwnedRun
+from fusion_runner.core import outcome, rundir
+from fusion_runner.core.progress import Columns
+from fusion_runner.core.store import OwnedRun
+from fusion_runner.daemon.runprogress import RunProgress
+from fusion_runner.executors import local as process
+from fusion_runner.executors.local import RunProcess
 
 LOG_TAIL_BYTES = 3072
 

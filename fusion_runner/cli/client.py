@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fusion_runner import config as config_module
-from fusion_runner import outcome, rundir
-from fusion_runner.errors import ConfigError, InvalidRun, UnknownRun
-from fusion_runner.models import RUNS_COLUMNS
-from fusion_runner.store import Store
+from fusion_runner.core import config as config_module
+from fusion_runner.core import outcome, rundir
+from fusion_runner.core.errors import ConfigError, InvalidRun, UnknownRun
+from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.store import Store
 
 MIN_PREFIX = 4
 SHOWN_MATCHES = 5

@@ -17,12 +17,12 @@ from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from fusion_runner import commands
-from fusion_runner import config as config_module
-from fusion_runner import show as show_module
-from fusion_runner.client import MIN_PREFIX, UsageError
-from fusion_runner.errors import ConfigError, SchemaError, UnknownRun
-from fusion_runner.store import Store
+from fusion_runner.cli import commands
+from fusion_runner.cli import show as show_module
+from fusion_runner.cli.client import MIN_PREFIX, UsageError
+from fusion_runner.core import config as config_module
+from fusion_runner.core.errors import ConfigError, SchemaError, UnknownRun
+from fusion_runner.core.store import Store
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 Command = Callable[[argparse.Namespace, config_module.Config], int]
@@ -146,10 +146,10 @@ def non_negative(text: str) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
-    from fusion_runner import logformat, worker_lock
-    from fusion_runner.errors import AlreadyRunning, CannotInspect
-    from fusion_runner.supervisor import Supervisor
-    from fusion_runner.systemd import Notifier
+    from fusion_runner.core.errors import AlreadyRunning, CannotInspect
+    from fusion_runner.daemon import logformat, worker_lock
+    from fusion_runner.daemon.supervisor import Supervisor
+    from fusion_runner.daemon.systemd import Notifier
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     # Run ids and other client text go into messages: escaped, they cannot split or forge a line.
@@ -174,7 +174,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
 
 
 def share_with_group(settings: config_module.Config) -> None:
-    from fusion_runner import sharing
+    from fusion_runner.core import sharing
 
     database = config_module.sqlite_path(settings.database_url)
     try:
@@ -185,6 +185,6 @@ def share_with_group(settings: config_module.Config) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: config_module.Config) -> int:
-    from fusion_runner import demo
+    from fusion_runner.cli import demo
 
     return demo.run_demo(args.dir)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fusion_runner import inifile
-from fusion_runner.errors import InvalidRun
+from fusion_runner.core import inifile
+from fusion_runner.core.errors import InvalidRun
 
 SUFFIX = ".ini"
 # Names that could leave templates_dir (or mean nothing on another OS's share).

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from fusion_runner import view
-from fusion_runner.store import Store
+from fusion_runner.cli import view
+from fusion_runner.core.store import Store
 
 FOLLOW_POLL_SECONDS = 0.1
 CHUNK = 1 << 16

@@ -23,8 +23,9 @@ from typing import Any, TextIO
 
 from rich.console import Console
 
-from fusion_runner import inifile, results, watch
-from fusion_runner.store import Store
+from fusion_runner.cli import watch
+from fusion_runner.core import inifile, results
+from fusion_runner.core.store import Store
 
 DEADLINE_SECONDS = 120.0
 REFRESH_SECONDS = 0.1

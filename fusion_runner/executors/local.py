@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from fusion_runner import procfs, shim
-from fusion_runner.rundir import RunPaths
+from fusion_runner.core.rundir import RunPaths
+from fusion_runner.executors import procfs, shim
 
 log = logging.getLogger("fusion_runner")
 
@@ -34,8 +34,9 @@ _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 # The shim's end of its status pipe, in the shim.
 SHIM_STATUS_FD = 3
 MAX_RECORD_BYTES = 65536
-# How a shim's command line names it, whichever installation started it.
-SHIM_SUFFIX = b"/fusion_runner/shim.py"
+# How a shim's command line names it, whichever installation started it (the
+# second: versions before the package layout, whose runs may still be alive).
+SHIM_SUFFIXES = (b"/fusion_runner/executors/shim.py", b"/fusion_runner/shim.py")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -430,7 +431,7 @@ def _names_run(pid: int, run_id: str) -> bool:
 
 
 def _is_shim_of(argv: list[bytes], run_id: str) -> bool:
-    if not any(arg.endswith(SHIM_SUFFIX) for arg in argv) or b"--run-dir" not in argv:
+    if not any(arg.endswith(SHIM_SUFFIXES) for arg in argv) or b"--run-dir" not in argv:
         return False
     at = argv.index(b"--run-dir") + 1
     return at < len(argv) and os.path.basename(argv[at]) == run_id.encode()

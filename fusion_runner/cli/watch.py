@@ -17,8 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fusion_runner import view
-from fusion_runner.store import Store, utcnow
+from fusion_runner.cli import view
+from fusion_runner.core.store import Store, utcnow
 
 POLL_SECONDS = 0.2
 ACTIVE = ("PENDING", "RUNNING")

@@ -24,16 +24,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fusion_runner import config as config_module
-from fusion_runner import liverun, outcome, outputs, process, procfs, rundir, sharing
-from fusion_runner.config import Config, sqlite_path
-from fusion_runner.errors import CannotInspect, InvalidRun
-from fusion_runner.liverun import LiveRun, StopReason
-from fusion_runner.models import RunStatus
-from fusion_runner.runprogress import RunProgress
-from fusion_runner.store import DATABASE_ERRORS, ClaimedRun, OwnedRun, Store, utcnow
-from fusion_runner.systemd import Notifier
-from fusion_runner.wakeups import Reason, Wakeup, Wakeups
+from fusion_runner.core import config as config_module
+from fusion_runner.core import outcome, rundir, sharing
+from fusion_runner.core.config import Config, sqlite_path
+from fusion_runner.core.errors import CannotInspect, InvalidRun
+from fusion_runner.core.models import RunStatus
+from fusion_runner.core.store import DATABASE_ERRORS, ClaimedRun, OwnedRun, Store, utcnow
+from fusion_runner.daemon import liverun, outputs
+from fusion_runner.daemon.liverun import LiveRun, StopReason
+from fusion_runner.daemon.runprogress import RunProgress
+from fusion_runner.daemon.systemd import Notifier
+from fusion_runner.daemon.wakeups import Reason, Wakeup, Wakeups
+from fusion_runner.executors import local as process
+from fusion_runner.executors import procfs
 
 log = logging.getLogger("fusion_runner")
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion_runner.progress import Columns, LineReader, Progress, as_count, as_float
+from fusion_runner.core.progress import Columns, LineReader, Progress, as_count, as_float
 
 MAX_OUTPUTS = 100  # distinct result folders noted per run; more are skipped as problems
 MAX_PATH_BYTES = 4096  # PATH_MAX

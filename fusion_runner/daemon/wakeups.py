@@ -34,7 +34,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from fusion_runner import inotify
+from fusion_runner.daemon import inotify
 
 log = logging.getLogger("fusion_runner")
 PROGRESS_FILE = "progress.jsonl"

@@ -19,9 +19,9 @@ had taken over (see `resume`).
 
 from __future__ import annotations
 
-from fusion_runner.fusionlog import LogReader
-from fusion_runner.progress import Columns, Progress, ProgressReader
-from fusion_runner.rundir import RunPaths
+from fusion_runner.core.fusionlog import LogReader
+from fusion_runner.core.progress import Columns, Progress, ProgressReader
+from fusion_runner.core.rundir import RunPaths
 
 
 class RunProgress:

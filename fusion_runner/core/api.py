@@ -6,7 +6,7 @@ with the same conditional update as `fusion-runner cancel`), delete removes the
 row of an ended run only. A running fusion-runner daemon does the rest. The
 client never creates the database: the daemon does, so start it first.
 
-    from fusion_runner.api import Client
+    from fusion_runner.core.api import Client
 
     with Client.open("sqlite:////var/lib/fusion-runner/runs.db") as client:
         overrides = {"general_settings": {"max_iters": 4}}
@@ -37,11 +37,11 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from fusion_runner import clientdb, results, rundir, templates
-from fusion_runner import config as config_module
-from fusion_runner.errors import ConfigError, FusionRunnerError, InvalidRun, UnknownRun
-from fusion_runner.models import FINAL_STATUSES, RunStatus
-from fusion_runner.store import Store
+from fusion_runner.core import clientdb, results, rundir, templates
+from fusion_runner.core import config as config_module
+from fusion_runner.core.errors import ConfigError, FusionRunnerError, InvalidRun, UnknownRun
+from fusion_runner.core.models import FINAL_STATUSES, RunStatus
+from fusion_runner.core.store import Store
 
 MAX_NAME, MAX_TEMPLATE = 255, 100  # String(255), String(100) of SPEC §1
 # The label a whole configuration gets when its caller names no template. A

@@ -16,10 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fusion_runner import client, logs, outcome, outputs, rundir, view
-from fusion_runner import config as config_module
-from fusion_runner.errors import InvalidRun, UnknownRun
-from fusion_runner.models import RUNS_COLUMNS
+from fusion_runner.cli import client, logs, view
+from fusion_runner.core import config as config_module
+from fusion_runner.core import outcome, rundir
+from fusion_runner.core.errors import InvalidRun, UnknownRun
+from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.daemon import outputs
 
 WIDTH = 80
 LABEL = 18  # the width of the column names, a space included

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fusion_runner.errors import ConfigError
+from fusion_runner.core.errors import ConfigError
 
 DEFAULT_SIM_COMMAND: tuple[str, ...] = (
     "{python}", "-m", "fusion_runner.refsim", "--config", "{config}",

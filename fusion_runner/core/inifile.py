@@ -6,7 +6,7 @@ import configparser
 import json
 from pathlib import Path
 
-from fusion_runner.errors import InvalidRun
+from fusion_runner.core.errors import InvalidRun
 
 
 class KeyCaseParser(configparser.ConfigParser):

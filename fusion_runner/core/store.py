@@ -36,10 +36,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column, CreateColumn
 
-from fusion_runner import config as config_module
-from fusion_runner.errors import ConfigError, DatabaseError, SchemaError
-from fusion_runner.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput, RunStatus
-from fusion_runner.progress import PROGRESS_COLUMNS
+from fusion_runner.core import config as config_module
+from fusion_runner.core.errors import ConfigError, DatabaseError, SchemaError
+from fusion_runner.core.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput, RunStatus
+from fusion_runner.core.progress import PROGRESS_COLUMNS
 
 runs = cast(Table, Run.__table__)
 claims = cast(Table, RunClaim.__table__)

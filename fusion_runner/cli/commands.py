@@ -19,12 +19,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fusion_runner import client, inifile, logs, rundir, view, watch
-from fusion_runner import config as config_module
-from fusion_runner.client import UsageError
-from fusion_runner.errors import InvalidRun, UnknownRun
-from fusion_runner.models import RunStatus
-from fusion_runner.store import utcnow
+from fusion_runner.cli import client, logs, view, watch
+from fusion_runner.cli.client import UsageError
+from fusion_runner.core import config as config_module
+from fusion_runner.core import inifile, rundir
+from fusion_runner.core.errors import InvalidRun, UnknownRun
+from fusion_runner.core.models import RunStatus
+from fusion_runner.core.store import utcnow
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 WIDTH = 80

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, create_engine, delete, inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from fusion_runner import config as config_module
-from fusion_runner.errors import ConfigError, SchemaError
-from fusion_runner.models import FINAL_STATUSES, RUNS_COLUMNS
-from fusion_runner.store import SQLITE_BUSY_TIMEOUT_MS, Store, make_engine, runs
+from fusion_runner.core import config as config_module
+from fusion_runner.core.errors import ConfigError, SchemaError
+from fusion_runner.core.models import FINAL_STATUSES, RUNS_COLUMNS
+from fusion_runner.core.store import SQLITE_BUSY_TIMEOUT_MS, Store, make_engine, runs
 
 
 def open_existing(database_url: str) -> Store:

@@ -26,8 +26,8 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from fusion_runner import config as config_module
-from fusion_runner.errors import AlreadyRunning
+from fusion_runner.core import config as config_module
+from fusion_runner.core.errors import AlreadyRunning
 
 # Changing it changes every key: daemons of two versions would not see each other.
 ADVISORY_NAMESPACE = b"fusion-runner/worker_id/"
