@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,15 +18,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fusion_runner.cli import client, logs, view, watch
-from fusion_runner.cli.client import UsageError
+from fusion_runner.cli import lookup, simlog, view, watch
+from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from fusion_runner.cli.lookup import UsageError
 from fusion_runner.core import config as config_module
 from fusion_runner.core import inifile, rundir
+from fusion_runner.core.clock import utcnow
 from fusion_runner.core.errors import InvalidRun, UnknownRun
-from fusion_runner.core.models import RunStatus
-from fusion_runner.core.store import utcnow
+from fusion_runner.core.status import RunStatus
 
-EXIT_OK, EXIT_FAILURE = 0, 1
 WIDTH = 80
 MAX_NAME, MAX_TEMPLATE = 255, 100  # String(255), String(100) of SPEC §1
 
@@ -61,8 +60,8 @@ def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
     if len(name) > MAX_NAME or len(template) > MAX_TEMPLATE:
         raise UsageError(f"--name is at most {MAX_NAME} characters, "
                          f"--template at most {MAX_TEMPLATE}")
-    run_id = secrets.token_hex(6)
-    with client.open_store(settings) as store:
+    run_id = rundir.new_run_id()
+    with lookup.open_store(settings) as store:
         store.insert_run(run_id, name=name, config_json=config_json, template=template)
     if args.json:
         print_json({"id": run_id})
@@ -97,11 +96,11 @@ def status_list(text: str) -> list[str]:
 def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
     statuses = sorted({s for group in args.status for s in group}) if args.status else None
     limit = args.limit or None
-    with client.open_store(settings) as store:
+    with lookup.open_store(settings) as store:
         rows = store.select_runs(statuses, limit)
         total = store.count_runs(statuses) if limit is not None and len(rows) == limit else 0
     if args.json:
-        print_json([client.row_json(row) for row in rows])
+        print_json([view.row_json(row) for row in rows])
         return EXIT_OK
     out = console()
     if not rows:
@@ -141,36 +140,36 @@ def ls_table(rows: list[Any], now: datetime, width: int = WIDTH) -> Table:
 
 
 def cmd_logs(args: argparse.Namespace, settings: config_module.Config) -> int:
-    with client.open_store(settings) as store:
-        run_id = client.resolve(store, args.id)
+    with lookup.open_store(settings) as store:
+        run_id = lookup.resolve(store, args.id)
 
         def log_path() -> Path:
             # Asked again while following: a pending run's directory is known
             # for sure only once the daemon has recorded it.
-            folder = client.run_dir(store, settings, run_id)
-            if folder is None:
+            paths = lookup.run_paths(store, settings, run_id)
+            if paths is None:
                 raise UnknownRun(f"run {run_id} has no run directory (its id is not valid)")
-            return client.log_file(folder)
+            return paths.log_file
 
         path = log_path()
         if args.follow:
-            logs.follow(store, run_id, log_path, sys.stdout.buffer)
+            simlog.follow(store, run_id, log_path, sys.stdout.buffer)
             return EXIT_OK
         row = store.get_run(run_id)
     if not path.exists():
         status = row.status if row is not None else "deleted"
         raise UnknownRun(f"run {run_id} ({status}) has no log at {path}")
-    logs.copy_from(path, 0, sys.stdout.buffer)
+    simlog.copy_from(path, 0, sys.stdout.buffer)
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
     status = EXIT_OK
-    with client.open_store(settings) as store:
+    with lookup.open_store(settings) as store:
         resolved: list[str | UnknownRun] = []
         for given in args.ids:  # all looked up first: a bad usage cancels nothing
             try:
-                resolved.append(client.resolve(store, given))
+                resolved.append(lookup.resolve(store, given))
             except UnknownRun as error:
                 resolved.append(error)
         done: set[str] = set()
@@ -187,7 +186,7 @@ def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
                 print(f"fusion-runner: no run with id {item!r}", file=sys.stderr)
                 status = EXIT_FAILURE
             elif changed:
-                print(f"{item}: {before} -> CANCELLED")
+                print(f"{item}: {before} -> {RunStatus.CANCELLED}")
             else:
                 print(f"{item}: already {before}, nothing changed")
     return status
@@ -195,12 +194,12 @@ def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
 
 def cmd_watch(args: argparse.Namespace, settings: config_module.Config) -> int:
     out = console()
-    with client.open_store(settings) as store:
-        ids = [client.resolve(store, given) for given in args.ids] or None
+    with lookup.open_store(settings) as store:
+        ids = [lookup.resolve(store, given) for given in args.ids] or None
         if ids is not None:
             ids = list(dict.fromkeys(ids))
         try:
             return watch.run(store, ids, out)
         except KeyboardInterrupt:
             print("stopped watching; the runs go on", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,7 +23,10 @@ from typing import Any, TextIO
 from rich.console import Console
 
 from fusion_runner.cli import watch
-from fusion_runner.core import inifile, results
+from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_OK
+from fusion_runner.core import inifile, results, rundir
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
 
 DEADLINE_SECONDS = 120.0
@@ -55,8 +57,8 @@ def run_demo(folder: Path, out: TextIO = sys.stdout) -> int:
         _stop_daemon(daemon)
         store.close()
     _print_outcomes(rows, runs_dir, out)
-    expected = ["COMPLETED", "COMPLETED", "CANCELLED"]
-    return 0 if [row.status for row in rows] == expected else 1
+    expected = [RunStatus.COMPLETED, RunStatus.COMPLETED, RunStatus.CANCELLED]
+    return EXIT_OK if [row.status for row in rows] == expected else EXIT_FAILURE
 
 
 def _clear(folder: Path, database: Path, runs_dir: Path) -> None:
@@ -95,7 +97,7 @@ def _template() -> dict[str, dict[str, object]]:
 def _submit(store: Store, name: str, overrides: dict[str, object]) -> str:
     config = _template()
     config["general_settings"] |= COMMON | overrides
-    run_id = os.urandom(6).hex()
+    run_id = rundir.new_run_id()
     store.insert_run(run_id, name=name, config_json=json.dumps(config),
                      template="fusion_minimal.ini")
     return run_id
@@ -109,7 +111,7 @@ def _follow(store: Store, ids: list[str], out: TextIO) -> list[Any]:
     with watch.Display(Console(file=out, highlight=False)) as display:
         while True:
             followed.poll()
-            display.update(followed.shown(), _utcnow())
+            display.update(followed.shown(), utcnow())
             last = followed.rows.get(ids[-1])
             if not cancel_sent and last is not None and (last.current_iteration or 0) >= 1:
                 store.cancel(last.id)
@@ -133,8 +135,9 @@ def _print_outcomes(rows: list[Any], runs_dir: Path, out: TextIO) -> None:
     print("\nmean blocking probability per Erlang (FUSION's 90 % confidence interval):",
           file=out)
     for row in rows:
-        if row.status == "COMPLETED":
-            for point in results.read_points(runs_dir / row.id / "output"):
+        if row.status == RunStatus.COMPLETED:
+            output_dir = rundir.RunPaths.under(runs_dir, row.id).output_dir
+            for point in results.read_points(output_dir):
                 print(f"  {row.name:<12}  {point.erlang:>6.0f} Erlang  "
                       f"{_probability(point.blocking_mean)}  {_interval(point)}", file=out)
 
@@ -150,6 +153,3 @@ def _interval(point: results.ErlangPoint) -> str:
     lower, upper = max(point.ci_lower, 0.0), min(point.ci_upper, 1.0)
     return f"[{lower:.4f}, {upper:.4f}]"
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)

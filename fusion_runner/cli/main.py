@@ -19,12 +19,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fusion_runner.cli import commands
 from fusion_runner.cli import show as show_module
-from fusion_runner.cli.client import MIN_PREFIX, UsageError
+from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from fusion_runner.cli.lookup import MIN_PREFIX, UsageError
 from fusion_runner.core import config as config_module
 from fusion_runner.core.errors import ConfigError, SchemaError, UnknownRun
 from fusion_runner.core.store import Store
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 Command = Callable[[argparse.Namespace, config_module.Config], int]
 ID_HELP = f"a run id, or any unique prefix of at least {MIN_PREFIX} characters"
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # the daemon's own failures keep their traceback for the journal
         return client_failure(error)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def fail(message: str, status: int) -> int:
@@ -150,6 +150,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     from fusion_runner.daemon import logformat, worker_lock
     from fusion_runner.daemon.supervisor import Supervisor
     from fusion_runner.daemon.systemd import Notifier
+    from fusion_runner.executors.local import LocalExecutor
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     # Run ids and other client text go into messages: escaped, they cannot split or forge a line.
@@ -164,7 +165,8 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         # Held until the daemon exits, taken before it reconciles anything: a
         # second daemon of this worker_id would start its runs a second time.
         with worker_lock.acquire(settings.database_url, settings.worker_id):
-            return Supervisor(settings, store, notifier=Notifier()).run()
+            executor = LocalExecutor.from_config(settings)
+            return Supervisor(settings, store, executor, notifier=Notifier()).run()
     except (AlreadyRunning, CannotInspect) as error:
         # Neither goes away by restarting: a usage status, which a service
         # manager can be told not to restart on (RestartPreventExitStatus=2).

@@ -13,12 +13,12 @@ import dataclasses
 import json
 import textwrap
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from fusion_runner.cli import client, logs, view
+from fusion_runner.cli import lookup, simlog, view
+from fusion_runner.cli.exitcodes import EXIT_OK
 from fusion_runner.core import config as config_module
-from fusion_runner.core import outcome, rundir
+from fusion_runner.core import exitrecord, outcome, rundir
 from fusion_runner.core.errors import InvalidRun, UnknownRun
 from fusion_runner.core.models import RUNS_COLUMNS
 from fusion_runner.daemon import outputs
@@ -30,45 +30,49 @@ BLOCKS = ("error_message", "config_json")  # shown below the one-line columns, u
 
 
 def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
-    with client.open_store(settings) as store:
-        run_id = client.resolve(store, args.id)
+    with lookup.open_store(settings) as store:
+        run_id = lookup.resolve(store, args.id)
         row = store.get_run(run_id)
-        folder = client.run_dir(store, settings, run_id)
-        found = run_outputs(store.run_outputs(run_id), folder)
+        paths = lookup.run_paths(store, settings, run_id)
+        found = run_outputs(store.run_outputs(run_id), paths)
     if row is None:
         raise UnknownRun(f"no run with id {args.id!r}")
-    record = client.exit_record(folder) if folder is not None else None
+    record = exitrecord.read(paths.exit_record) if paths is not None else None
     if args.json:
-        print(json.dumps(client.row_json(row) | {
-            "run_dir": None if folder is None else str(folder),
+        print(json.dumps(view.row_json(row) | {
+            "run_dir": None if paths is None else str(paths.run_dir),
             "exit_record": None if record is None else exit_json(record),
             "outputs": found,
         }, indent=2))  # fmt: skip
     else:
-        print("\n".join(text_lines(row, folder, record, found)))
-    return 0
+        print("\n".join(text_lines(row, paths, record, found)))
+    return EXIT_OK
 
 
-def run_outputs(noted: list[tuple[str, datetime]], folder: Path | None) -> list[dict[str, Any]]:
+def run_outputs(
+    noted: list[tuple[str, datetime]], paths: rundir.RunPaths | None
+) -> list[dict[str, Any]]:
     """The result folders noted for a run, each with its link (`output/fusion`) if any."""
-    linked = outputs.links(folder / "output") if folder is not None else {}
-    return [{"path": path, "first_seen": client.iso(first_seen),
-             "link": f"output/{linked[path]}" if path in linked else None}
+    linked: dict[str, str] = {}
+    if paths is not None:  # each link as a path inside the run folder
+        linked = {target: str((paths.output_dir / name).relative_to(paths.run_dir))
+                  for target, name in outputs.links(paths.output_dir).items()}
+    return [{"path": path, "first_seen": view.iso(first_seen), "link": linked.get(path)}
             for path, first_seen in noted]
 
 
-def text_lines(row: Any, folder: Path | None, record: outcome.ExitRecord | None,
+def text_lines(row: Any, paths: rundir.RunPaths | None, record: outcome.ExitRecord | None,
                found: list[dict[str, Any]] | None = None) -> list[str]:
     lines = [field(column, value_text(getattr(row, column)))
              for column in RUNS_COLUMNS if column not in BLOCKS or getattr(row, column) is None]
-    lines.append(field("run_dir", str(folder or "-")))
+    lines.append(field("run_dir", str(paths.run_dir) if paths is not None else "-"))
     lines.append(field("exit", exit_text(record)))
     for output in found or []:  # one line each, so that a folded path is told apart
         link = f"{output['link']} -> " if output["link"] else ""
         lines.append(field("results", f"{link}{output['path']}"))
     lines += block("error_message", (row.error_message or "").splitlines())
     lines += block("config_json", config_lines(row.config_json))
-    tail = logs.last_lines(client.log_file(folder), LOG_LINES) if folder else None
+    tail = simlog.last_lines(paths.log_file, LOG_LINES) if paths is not None else None
     lines += block(f"sim.log, last {LOG_LINES} lines",
                    tail or (["(no log)"] if tail is None else ["(empty)"]))
     return lines

@@ -16,18 +16,20 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-DELETED = "DELETED"  # shown for a watched run whose row was deleted
-FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.status import RunStatus, is_final
+
+DELETED = "DELETED"  # shown for a watched run whose row was deleted; no status of the table
 STATUS_STYLES = {
-    "PENDING": "dim",
-    "RUNNING": "cyan",
-    "COMPLETED": "green",
-    "FAILED": "bold red",
-    "CANCELLED": "yellow",
+    RunStatus.PENDING: "dim",
+    RunStatus.RUNNING: "cyan",
+    RunStatus.COMPLETED: "green",
+    RunStatus.FAILED: "bold red",
+    RunStatus.CANCELLED: "yellow",
     DELETED: "magenta",
 }
 UNFINISHED_AT_MOST = 0.99
-BAR_STYLES = {"FAILED": "red", "CANCELLED": "yellow", DELETED: "magenta"}
+BAR_STYLES = {RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow", DELETED: "magenta"}
 
 
 class RunRow(Protocol):
@@ -84,7 +86,7 @@ class Snapshot:
         columns = {field.name: getattr(row, field.name) for field in dataclasses.fields(cls)
                    if field.name != "fraction"}
         fraction = fraction_done(row)
-        if row.status != "COMPLETED":
+        if row.status != RunStatus.COMPLETED:
             if previous is not None and previous.fraction is not None:
                 fraction = max(fraction or 0.0, previous.fraction)
             if fraction is not None:
@@ -99,7 +101,7 @@ def has_ended(row: RunRow) -> bool:
     """Final, and no process of it left: completed_at set, or it never had one."""
     if row.status == DELETED:
         return True
-    return row.status in FINAL and (row.completed_at is not None or row.pid is None)
+    return is_final(row.status) and (row.completed_at is not None or row.pid is None)
 
 
 # --- progress ---------------------------------------------------------------------
@@ -121,7 +123,7 @@ def erlang_index(row: RunRow) -> int | None:
 
 def fraction_done(row: RunRow) -> float | None:
     """Share of the sweep's iterations finished, or None when the row cannot tell."""
-    if row.status == "COMPLETED":
+    if row.status == RunStatus.COMPLETED:
         return 1.0
     iteration, iterations = row.current_iteration, row.total_iterations
     if iteration is None or not iterations:
@@ -145,7 +147,7 @@ def elapsed_seconds(row: RunRow, now: datetime) -> float | None:
 def remaining_seconds(row: Snapshot, now: datetime) -> float | None:
     """What is left of a running run at the pace it has gone so far."""
     fraction, elapsed = row.fraction, elapsed_seconds(row, now)
-    if row.status != "RUNNING" or not fraction or elapsed is None:
+    if row.status != RunStatus.RUNNING or not fraction or elapsed is None:
         return None
     return elapsed * (1 - fraction) / fraction
 
@@ -193,6 +195,20 @@ def local_time(value: datetime | None, layout: str = "%Y-%m-%d %H:%M:%S %Z") -> 
     if value is None:
         return "-"
     return value.replace(tzinfo=UTC).astimezone().strftime(layout)
+
+
+def iso(value: datetime | None) -> str | None:
+    """A naive UTC timestamp of the runs table in ISO 8601 with its offset."""
+    return None if value is None else value.replace(tzinfo=UTC).isoformat()
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    """Every SPEC §1 column under its own name; timestamps in ISO 8601."""
+    values = {column: getattr(row, column) for column in RUNS_COLUMNS}
+    return {
+        column: iso(value) if isinstance(value, datetime) else value
+        for column, value in values.items()
+    }
 
 
 def status_text(status: str) -> Text:

@@ -18,10 +18,12 @@ from rich.table import Table
 from rich.text import Text
 
 from fusion_runner.cli import view
-from fusion_runner.core.store import Store, utcnow
+from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_OK
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.status import ACTIVE_STATUSES, RunStatus
+from fusion_runner.core.store import Store
 
 POLL_SECONDS = 0.2
-ACTIVE = ("PENDING", "RUNNING")
 
 
 class Display:
@@ -92,7 +94,7 @@ class Watch:
 
     def poll(self) -> None:
         if self.follow_all:
-            active = sorted(self.store.select_runs(ACTIVE), key=lambda row: row.created_at)
+            active = sorted(self.store.select_runs(ACTIVE_STATUSES), key=lambda row: row.created_at)
             self.order += [row.id for row in active if row.id not in self.rows]
         fetched = self.store.get_runs(self.order)
         for run_id in self.order:
@@ -105,11 +107,11 @@ class Watch:
     def shown(self) -> list[view.Snapshot]:
         rows = [self.rows[run_id] for run_id in self.order if run_id in self.rows]
         if self.follow_all:
-            rows = [row for row in rows if row.status != "PENDING"]
+            rows = [row for row in rows if row.status != RunStatus.PENDING]
         return rows
 
     def footer(self) -> str:
-        queued = sum(row.status == "PENDING" for row in self.rows.values())
+        queued = sum(row.status == RunStatus.PENDING for row in self.rows.values())
         return f"{queued} queued" if self.follow_all and queued else ""
 
     def ended(self) -> bool:
@@ -122,7 +124,7 @@ class Watch:
             counts[row.status] = counts.get(row.status, 0) + 1
         parts = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
         total = len(self.rows)
-        status = 0 if counts.get("COMPLETED", 0) == total else 1
+        status = EXIT_OK if counts.get(RunStatus.COMPLETED, 0) == total else EXIT_FAILURE
         return f"{total} run{'s' if total != 1 else ''}: {parts}", status
 
 
@@ -135,7 +137,7 @@ def run(
     watch.poll()
     if not watch.rows:
         console.print("no active runs")
-        return 0
+        return EXIT_OK
     with Display(console) as display:
         while True:
             display.update(watch.shown(), utcnow(), watch.footer())

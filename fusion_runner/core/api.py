@@ -26,7 +26,6 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -35,12 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from fusion_runner.core import clientdb, results, rundir, templates
 from fusion_runner.core import config as config_module
 from fusion_runner.core.errors import ConfigError, FusionRunnerError, InvalidRun, UnknownRun
-from fusion_runner.core.models import FINAL_STATUSES, RunStatus
+from fusion_runner.core.status import FINAL_STATUSES, RunStatus
 from fusion_runner.core.store import Store
 
 MAX_NAME, MAX_TEMPLATE = 255, 100  # String(255), String(100) of SPEC §1
@@ -157,7 +154,7 @@ class Client:
         config_json = _config_json(config if config is not None else overrides or {})
         if len(name or "") > MAX_NAME or len(label) > MAX_TEMPLATE:
             raise InvalidRun(f"name is at most {MAX_NAME} characters, template {MAX_TEMPLATE}")
-        run_id = secrets.token_hex(6)
+        run_id = rundir.new_run_id()
         self.store.insert_run(run_id, name=name, config_json=config_json, template=label)
         return run_id
 
@@ -215,25 +212,11 @@ class Client:
 
     def results(self, run_id: str) -> builtins.list[results.ErlangPoint]:
         """The Erlang points in the run's output folder so far (FUSION's or the refsim's)."""
-        folder = self._run_dir(run_id)
-        if folder is None:
-            return []
-        return results.read_points(folder / "output", subfolders=True)
-
-    def _run_dir(self, run_id: str) -> Path | None:
         self.get(run_id)  # UnknownRun first
-        try:
-            recorded = self.store.recorded_run_dir(run_id)
-        except SQLAlchemyError:  # a database no daemon has served yet has no claims table
-            recorded = None
-        if recorded is not None:
-            return Path(recorded)
-        if self.runs_dir is None:
-            return None
-        try:
-            return rundir.RunPaths.under(self.runs_dir, run_id).run_dir
-        except InvalidRun:
-            return None
+        paths = clientdb.run_paths(self.store, self.runs_dir, run_id)
+        if paths is None:
+            return []
+        return results.read_points(paths.output_dir, subfolders=True)
 
 
 def _config_json(config: Mapping[str, Mapping[str, object]]) -> str:

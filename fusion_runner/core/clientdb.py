@@ -17,8 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from fusion_runner.core import config as config_module
-from fusion_runner.core.errors import ConfigError, SchemaError
-from fusion_runner.core.models import FINAL_STATUSES, RUNS_COLUMNS
+from fusion_runner.core import rundir
+from fusion_runner.core.errors import ConfigError, InvalidRun, SchemaError
+from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.status import FINAL_STATUSES
 from fusion_runner.core.store import SQLITE_BUSY_TIMEOUT_MS, Store, make_engine, runs
 
 
@@ -43,6 +45,25 @@ def delete_ended(store: Store, run_id: str) -> bool:
     statement = delete(runs).where((runs.c.id == run_id) & runs.c.status.in_(ended))
     with store.engine.begin() as conn:
         return bool(conn.execute(statement).rowcount == 1)
+
+
+def run_paths(store: Store, runs_dir: Path | None, run_id: str) -> rundir.RunPaths | None:
+    """Where the run's files are: as the daemon recorded it, else runs_dir/id, else None.
+
+    None also for an id the daemon refuses: such a run never gets a folder.
+    """
+    try:
+        recorded = store.recorded_run_dir(run_id)
+    except SQLAlchemyError:  # a database no daemon has served yet has no claims table
+        recorded = None
+    if recorded is not None:
+        return rundir.RunPaths.at(Path(recorded), run_id)
+    if runs_dir is None:
+        return None
+    try:
+        return rundir.RunPaths.under(runs_dir, run_id)
+    except InvalidRun:
+        return None
 
 
 def _engine(database_url: str) -> Engine:

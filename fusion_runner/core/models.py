@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class RunStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+# Re-exported for the daemon's modules that still import the statuses from here;
+# their home is core/status.py, which needs no SQLAlchemy.
+from fusion_runner.core.status import FINAL_STATUSES as FINAL_STATUSES
+from fusion_runner.core.status import RunStatus as RunStatus
 
 
 class Base(DeclarativeBase):

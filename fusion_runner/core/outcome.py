@@ -10,7 +10,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-from fusion_runner.core.models import RunStatus
+from fusion_runner.core.status import RunStatus
 
 MAX_MESSAGE_BYTES = 4096
 TRIMMED = "..."

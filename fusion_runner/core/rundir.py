@@ -39,6 +39,11 @@ _JSON_TYPES = {
 }
 
 
+def new_run_id() -> str:
+    """A fresh id that validate_run_id accepts: 48 random bits as 12 lowercase hex digits."""
+    return secrets.token_hex(6)
+
+
 def validate_run_id(run_id: object) -> str:
     if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id):
         return run_id
@@ -188,7 +193,12 @@ class RunPaths:
 
     @classmethod
     def under(cls, runs_dir: Path, run_id: str) -> RunPaths:
-        run_dir = runs_dir.resolve() / validate_run_id(run_id)
+        """The layout of runs_dir/run_id, runs_dir resolved (InvalidRun for a bad id)."""
+        return cls.at(runs_dir.resolve() / validate_run_id(run_id), run_id)
+
+    @classmethod
+    def at(cls, run_dir: Path, run_id: str) -> RunPaths:
+        """The layout inside a folder as given: one a daemon recorded, read by a client."""
         return cls(
             run_id=run_id,
             run_dir=run_dir,

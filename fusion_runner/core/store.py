@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,9 +37,11 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column, CreateColumn
 
 from fusion_runner.core import config as config_module
+from fusion_runner.core.clock import utcnow as utcnow  # re-exported: the daemon imports it here
 from fusion_runner.core.errors import ConfigError, DatabaseError, SchemaError
-from fusion_runner.core.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput, RunStatus
+from fusion_runner.core.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput
 from fusion_runner.core.progress import PROGRESS_COLUMNS
+from fusion_runner.core.status import RunStatus
 
 runs = cast(Table, Run.__table__)
 claims = cast(Table, RunClaim.__table__)
@@ -90,11 +92,6 @@ def _conditional_update_statement(columns: tuple[str, ...]) -> Update:
         .where((runs.c.id == bindparam("this_run")) & (runs.c.status == bindparam("expected")))
         .values({column: bindparam(f"new_{column}") for column in columns})
     )
-
-
-def utcnow() -> datetime:
-    """Naive UTC, as the `runs` table stores timestamps."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)

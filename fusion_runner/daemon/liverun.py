@@ -1,21 +1,30 @@
-"""What the supervisor knows of one run whose processes may still exist."""
+"""What the supervisor knows of one run whose processes may still exist, and its phase.
+
+A run's life in the daemon, read in one place (`_MOVES`):
+
+    RUNNING --stop--> STOPPING --kill--> KILLED
+       |                 |                  |
+     exit              exit               exit
+       v                 v                  v
+    EXITED --stop--> EXITED_KILL_DUE --kill--> EXITED --final--> FINAL
+
+A stop sends TERM only to a run whose leader still lives; its KILL is due
+after the grace either way, for what of the tree is left. Only an EXITED or
+EXITED_KILL_DUE run whose whole tree is gone is finalised.
+"""
 
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from fusion_runner.core import outcome, rundir
+from fusion_runner.core import rundir
 from fusion_runner.core.progress import Columns
 from fusion_runner.core.store import OwnedRun
 from fusion_runner.daemon.runprogress import RunProgress
-from fusion_runner.executors import local as process
-from fusion_runner.executors.local import RunProcess
-
-LOG_TAIL_BYTES = 3072
+from fusion_runner.executors.base import RunHandle
 
 
 class StopReason(enum.Enum):
@@ -27,30 +36,71 @@ class StopReason(enum.Enum):
     CLIENT_STATUS = "client_status"
 
 
+class Phase(enum.Enum):
+    RUNNING = "running"  # the leader lives, nothing was asked of it
+    STOPPING = "stopping"  # TERM sent; KILL due at `stop.kill_at`
+    KILLED = "killed"  # KILL sent; the leader has not ended yet
+    EXITED = "exited"  # the leader ended; the tree may still drain
+    EXITED_KILL_DUE = "exited, kill due"  # ended, stopped: KILL at `stop.kill_at` for the rest
+    FINAL = "final"  # the row has its final status: forgotten
+
+
+class Move(enum.Enum):
+    STOP = "stop"
+    KILL = "kill"
+    EXIT = "exit"
+    FINAL = "final"
+
+
+# Every move a run can make; any other is a bug (IllegalMove).
+_MOVES: dict[tuple[Phase, Move], Phase] = {
+    (Phase.RUNNING, Move.STOP): Phase.STOPPING,
+    (Phase.RUNNING, Move.EXIT): Phase.EXITED,
+    (Phase.STOPPING, Move.KILL): Phase.KILLED,
+    (Phase.STOPPING, Move.EXIT): Phase.EXITED_KILL_DUE,
+    (Phase.KILLED, Move.EXIT): Phase.EXITED,
+    (Phase.EXITED, Move.STOP): Phase.EXITED_KILL_DUE,
+    (Phase.EXITED_KILL_DUE, Move.KILL): Phase.EXITED,
+    (Phase.EXITED, Move.FINAL): Phase.FINAL,
+    (Phase.EXITED_KILL_DUE, Move.FINAL): Phase.FINAL,
+}
+
+
+class IllegalMove(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why and until when a run is being stopped."""
+
+    reason: StopReason
+    kill_at: float
+    client_status: str | None = None  # the status a client wrote, with CLIENT_STATUS
+
+
 @dataclass
 class LiveRun:
     id: str
     paths: rundir.RunPaths
-    process: process.RunProcess
+    process: RunHandle
     progress: RunProgress
     adopted: bool = False  # started by an earlier daemon: not our child to reap
-    # pid, pgid and started_at are in the row: until then every pass tries again.
+    # pid, pgid and started_at are in the row: until then every pass tries again
+    # (a write owed to the row, like unwritten progress, not a phase of the run).
     start_recorded: bool = True
     started_at: datetime | None = None
-    stop_reason: StopReason | None = None
-    client_status: str | None = None  # the status a client wrote, with CLIENT_STATUS
-    kill_at: float | None = None
-    killed: bool = False
-    exited: bool = False
-    wait_status: int | None = None
+    phase: Phase = Phase.RUNNING
+    stop: Stop | None = None
+    wait_status: int | None = None  # with EXITED, when we reaped the leader
     progress_unread: bool = False  # the file changed since it was last read
-    progress_pending: Columns = field(default_factory=dict)
+    progress_unwritten: Columns = field(default_factory=dict)
     progress_written_at: float = float("-inf")
     # Result folders the log named that are not in the database yet.
     outputs_unrecorded: list[str] = field(default_factory=list)
 
     @classmethod
-    def adopt(cls, owned: OwnedRun, run_process: RunProcess, runs_dir: Path,
+    def adopt(cls, owned: OwnedRun, handle: RunHandle, runs_dir: Path,
               progress_source: str) -> LiveRun:
         """A run an earlier daemon started, its progress read on from where it stopped."""
         # The runs directory the run was started in, even if the setting changed since.
@@ -58,50 +108,44 @@ class LiveRun:
         paths = rundir.RunPaths.under(base, owned.id)
         progress = RunProgress.resume(paths, progress_source, owned.progress,
                                       owned.progress_offset, owned.log_offset)
-        return cls(owned.id, paths, run_process, progress, adopted=True)
+        return cls(owned.id, paths, handle, progress, adopted=True)
 
-    def unrecoverable(self) -> str:
-        """Why an adopted run that ended unwatched has no outcome but FAILED."""
-        if not self.process.shim.of_this_boot():
-            reused = " (the machine has restarted since)"
-        elif not self.process.owns_group:
-            reused = " (its pid now belongs to another process)"
-        else:
-            reused = ""
-        return (f"exit status could not be recovered: process {self.process.pid} ended while "
-                f"no runner watched{reused} and left no exit record in {self.paths.exit_record}")
+    # --- what the run is now ---------------------------------------------
 
-    def exit_record(self) -> outcome.ExitRecord | None:
-        """The shim's record: from exit.json, else the copy it sent down its status pipe."""
-        record = read_exit_record(self.paths)
-        if record is not None:
-            return record
-        piped = process.piped_record(self.process)
-        return None if piped is None else outcome.ExitRecord.from_json(piped)
+    @property
+    def exited(self) -> bool:
+        return self.phase in (Phase.EXITED, Phase.EXITED_KILL_DUE)
 
-    def log_tail(self) -> str:
-        return read_log_tail(self.paths)
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return None if self.stop is None else self.stop.reason
 
-    def outcome(self) -> outcome.Outcome:
-        """How the run ended, from its exit status; progress only adds to the message."""
-        return outcome.decide(
-            self.exit_record(), self.wait_status, self.progress.last_error, self.log_tail()
-        )
+    @property
+    def kill_due(self) -> bool:
+        return self.phase in (Phase.STOPPING, Phase.EXITED_KILL_DUE)
 
+    # --- one method per move -------------------------------------------------
 
-def read_exit_record(paths: rundir.RunPaths) -> outcome.ExitRecord | None:
-    try:
-        return outcome.ExitRecord.from_json(paths.exit_record.read_text())
-    except (OSError, ValueError):
-        return None
+    def begin_stop(self, stop: Stop) -> bool:
+        """Stop it once; True if its leader lives and is to be sent TERM."""
+        leader_lives = self.phase is Phase.RUNNING
+        self._move(Move.STOP)
+        self.stop = stop
+        return leader_lives
 
+    def escalate(self) -> None:
+        """Its grace has passed: KILL is being sent."""
+        self._move(Move.KILL)
 
-def read_log_tail(paths: rundir.RunPaths) -> str:
-    try:
-        with open(paths.log_file, "rb") as log_file:
-            size = log_file.seek(0, os.SEEK_END)
-            # One byte more than kept, so that a cut first line can be told and dropped.
-            log_file.seek(max(size - LOG_TAIL_BYTES - 1, 0))
-            return outcome.tail_text(log_file.read(), LOG_TAIL_BYTES)
-    except OSError:
-        return ""
+    def leader_exited(self, wait_status: int | None = None) -> None:
+        self._move(Move.EXIT)
+        self.wait_status = wait_status
+
+    def finalised(self) -> None:
+        self._move(Move.FINAL)
+
+    def _move(self, move: Move) -> None:
+        next_phase = _MOVES.get((self.phase, move))
+        if next_phase is None:
+            raise IllegalMove(f"run {self.id}: {move.value} in phase {self.phase.value}")
+        self.phase = next_phase

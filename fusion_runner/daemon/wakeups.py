@@ -14,13 +14,12 @@ import enum
 import logging
 import os
 import queue
-import selectors
 import signal
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from watchdog.events import (
     FileClosedEvent,
@@ -34,10 +33,11 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from fusion_runner.daemon import inotify
+from fusion_runner.core.config import sqlite_path
+from fusion_runner.core.store import Store
+from fusion_runner.daemon.watches import PROGRESS_FILE, FdWatchThread, FolderWatches
 
 log = logging.getLogger("fusion_runner")
-PROGRESS_FILE = "progress.jsonl"
 LOG_FILE = "sim.log"
 # The watch key of the database's folder (a run id is 12 hex characters).
 DATABASE_KEY = "(database)"
@@ -61,6 +61,51 @@ class Wakeup:
     key: str = ""
 
 
+class WakeupSource(Protocol):
+    """What the loop waits on, and the watches it asks for."""
+
+    def wait(self, timeout: float) -> list[Wakeup]: ...
+    def catch_stop_signals(self, on_stop: Callable[[], None]) -> None: ...
+    def watch_database(self, database_file: Path) -> None: ...
+    def rearm_database(self) -> None: ...
+    def watch_exit(self, key: str, pid: int) -> None: ...
+    def watch_progress(self, run_id: str, run_dir: Path) -> None: ...
+    def watch_log(self, run_id: str, log_dir: Path) -> None: ...
+    def rearm_progress(self, run_id: str) -> None: ...
+    def unwatch_progress(self, run_id: str) -> None: ...
+    def unwatch_log(self, run_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class DatabaseWatch:
+    """Whether the database changed, and whether someone else changed it: the loop asks
+    this, never the store's counters or the dialect.
+
+    SQLite: inotify on its file wakes the loop and PRAGMA data_version tells
+    others' commits from ours. Elsewhere: no wake-up, and every look may find
+    a change (the fallback poll).
+    """
+
+    def __init__(self, store: Store, database_url: str, wakeups: WakeupSource) -> None:
+        self._store, self._wakeups = store, wakeups
+        self._writes_seen = store.writes
+        sqlite_file = sqlite_path(database_url)
+        if sqlite_file is not None:
+            wakeups.watch_database(sqlite_file)
+
+    def changed_by_others(self) -> bool:
+        """Call right before looking: whether anyone else may have committed since the
+        last call; the next write after it wakes the loop."""
+        self._wakeups.rearm_database()  # before the look, so no later commit goes unseen
+        return self._store.changed_by_others()
+
+    def woken_by_others(self) -> bool:
+        """After a database wake-up: False when it most likely was our own commit."""
+        ours = self._store.writes != self._writes_seen
+        self._writes_seen = self._store.writes
+        return not ours
+
+
 class Wakeups:
     """The loop's one queue and the threads that feed it."""
 
@@ -70,8 +115,8 @@ class Wakeups:
         # Used only for folders inotify cannot watch (watch limit, file system).
         self._polling: BaseObserver | None = None
         self._polled: dict[str, ObservedWatch] = {}
-        self._exits = ExitWatcher(lambda key: self.put(Wakeup(Reason.EXIT, key)))
-        self._progress = ProgressWatches(self._changed, use_inotify=use_inotify)
+        self._exits = FdWatchThread(lambda key: self.put(Wakeup(Reason.EXIT, key)))
+        self._progress = FolderWatches(self._changed, use_inotify=use_inotify)
         progress_fd = self._progress.fileno()
         if progress_fd is not None:
             self._exits.add_reader(progress_fd, self._progress.on_readable)
@@ -191,170 +236,3 @@ class _NamedFileHandler(FileSystemEventHandler):
         paths = (event.src_path, event.dest_path)
         if any(os.path.basename(os.fsdecode(path)) in self._names for path in paths if path):
             self._notify()
-
-
-class ExitWatcher:
-    """One thread waiting on pidfds (a process end becomes a call of `notify(key)`)
-    and on readers added with `add_reader` (the progress files' inotify).
-
-    A pidfd works for processes that are not our children (adopted after a
-    restart) and never refers to a reused pid.
-    """
-
-    def __init__(self, notify: Callable[[str], None]) -> None:
-        self._notify = notify
-        self._selector = selectors.DefaultSelector()
-        self._lock = threading.Lock()
-        self._added: list[tuple[str | Callable[[], None], int]] = []
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="exit-watcher", daemon=True)
-        self._thread.start()
-
-    def watch(self, key: str, pid: int) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._notify(key)
-            return
-        with self._lock:
-            self._added.append((key, pidfd))
-        os.write(self._wake_write, b".")
-
-    def add_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
-        """Call `on_readable()` in this thread whenever `fd` is readable (fd stays ours)."""
-        with self._lock:
-            self._added.append((on_readable, fd))
-        os.write(self._wake_write, b".")
-
-    def close(self) -> None:
-        self._closed = True
-        os.write(self._wake_write, b".")
-        self._thread.join(timeout=2)
-        # Only now: the thread may see `_closed` and stop before reading the pipe.
-        for selected in list(self._selector.get_map().values()):
-            if isinstance(selected.data, str):  # a pidfd
-                os.close(selected.fd)
-        self._selector.close()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
-
-    def _run(self) -> None:
-        while not self._closed:
-            for selected, _ in self._selector.select():
-                if selected.data is None:
-                    self._take_added()
-                elif callable(selected.data):
-                    selected.data()
-                else:
-                    self._selector.unregister(selected.fd)
-                    os.close(selected.fd)
-                    self._notify(selected.data)
-
-    def _take_added(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        with self._lock:
-            added, self._added = self._added, []
-        for data, fd in added:
-            self._selector.register(fd, selectors.EVENT_READ, data)
-
-
-class ProgressWatches:
-    """inotify on folders, each under a key (a run id, or the database's): a change
-    of one of the key's files wakes the loop once, then not again until the loop
-    is about to look (`arm`).
-
-    Each watch is one-shot (IN_ONESHOT) and `arm` adds it again, so a simulation
-    writing a thousand lines a second costs about one event per read, not one
-    per line. The fallback (a polling observer) uses the same arming by flag.
-    """
-
-    def __init__(self, notify: Callable[[str], None], *, use_inotify: bool = True) -> None:
-        self._notify = notify
-        self._lock = threading.Lock()
-        self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # key -> folder, names
-        self._key_of: dict[int, str] = {}  # armed watch descriptor -> key
-        self._armed: dict[str, bool] = {}  # keys on the fallback observer
-        self._inotify: inotify.Inotify | None = None
-        if use_inotify:
-            try:
-                self._inotify = inotify.Inotify()
-            except OSError as error:
-                log.warning("action=inotify_unavailable error=%s fallback=polling", error)
-
-    def fileno(self) -> int | None:
-        return None if self._inotify is None else self._inotify.fileno()
-
-    def watch(self, key: str, folder: Path, names: Iterable[str] = (PROGRESS_FILE,)) -> None:
-        """Raises OSError when inotify cannot watch it (watch limit, file system)."""
-        if self._inotify is None:
-            raise OSError("inotify is not available")
-        self._add(key, str(folder))
-        with self._lock:
-            self._folders[key] = (str(folder), frozenset(names))
-
-    def watch_by_flag(self, key: str) -> None:
-        with self._lock:
-            self._armed[key] = True
-
-    def unwatch(self, key: str) -> None:
-        with self._lock:
-            self._folders.pop(key, None)
-            self._armed.pop(key, None)
-            for wd in [wd for wd, watched in self._key_of.items() if watched == key]:
-                del self._key_of[wd]
-                if self._inotify is not None:
-                    self._inotify.unwatch(wd)
-
-    def arm(self, key: str) -> None:
-        with self._lock:
-            folder = self._folders.get(key)
-            if key in self._armed:
-                self._armed[key] = True
-        if folder is not None:
-            with contextlib.suppress(OSError):  # the folder is gone: so is the run
-                self._add(key, folder[0])
-
-    def notify(self, key: str) -> None:
-        """From the fallback observer: wake once until armed again."""
-        with self._lock:
-            if not self._armed.get(key):
-                return
-            self._armed[key] = False
-        self._notify(key)
-
-    def on_readable(self) -> None:
-        assert self._inotify is not None
-        while events := self._inotify.read():
-            for event in events:
-                if event.mask & inotify.IN_Q_OVERFLOW:
-                    for key in list(self._folders):
-                        self._notify(key)
-                    continue
-                with self._lock:
-                    # A one-shot watch fires once; `arm` adds it again.
-                    key = self._key_of.pop(event.wd, "")
-                    folder, names = self._folders.get(key, ("", frozenset()))
-                if key and event.name in names:
-                    self._notify(key)
-                elif key:
-                    # Another file of the folder used up the one shot: watch on.
-                    with contextlib.suppress(OSError):
-                        self._add(key, folder)
-
-    def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-
-    def _add(self, key: str, folder: str) -> None:
-        assert self._inotify is not None
-        # Under the lock: an event on the new watch must find it in `_key_of`.
-        with self._lock:
-            # Adding a watch that exists already returns the same descriptor.
-            wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
-            self._key_of[wd] = key

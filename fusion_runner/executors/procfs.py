@@ -1,6 +1,6 @@
 """What /proc says of processes, read without psutil and without the wall clock.
 
-Facts only: `process.Identity.look` decides from them what a process is.
+Facts only: `identity.Identity.look` decides from them what a process is.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from fusion_runner.executors import shim
 
 # Module constants rather than literals so that a test can point them at a
 # folder of its own (a pid whose entry is missing while the process exists).
@@ -68,14 +70,7 @@ def all_stats() -> Iterator[tuple[int, ProcStat]]:
 
 
 def children(pid: int) -> list[int]:
-    pids: list[int] = []
-    try:
-        for task in os.listdir(PROC_ROOT / str(pid) / "task"):
-            with open(PROC_ROOT / str(pid) / "task" / task / "children") as listing:
-                pids.extend(int(child) for child in listing.read().split())
-    except OSError:
-        pass  # gone meanwhile
-    return pids
+    return shim.children(str(PROC_ROOT / str(pid)))
 
 
 def nul_separated(pid: int, name: str) -> list[bytes] | None:

@@ -39,9 +39,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def become_subreaper() -> None:
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants our children, so that we can reap them; False if refused.
+
+    The daemon's one home of this fact too (local.py imports it: the shim may
+    import nothing of ours)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def become_subreaper() -> None:
+    if not set_child_subreaper():
         print("fusion-runner shim: cannot become a child subreaper", file=sys.stderr)
 
 
@@ -68,14 +76,20 @@ def wait_for(sim_pid: int) -> int:
             return status
 
 
-def children() -> list[int]:
+def children(process_dir: str = "/proc/self") -> list[int]:
+    """The children of the process whose /proc entry is `process_dir` ([] once it is
+    gone): each thread's list, which costs in proportion to the tree, not to the machine."""
     pids: list[int] = []
-    for task in os.listdir("/proc/self/task"):
+    try:
+        tasks = os.listdir(f"{process_dir}/task")
+    except OSError:
+        return pids  # gone meanwhile
+    for task in tasks:
         try:
-            with open(f"/proc/self/task/{task}/children") as listing:
+            with open(f"{process_dir}/task/{task}/children") as listing:
                 pids.extend(int(pid) for pid in listing.read().split())
         except OSError:
-            continue
+            continue  # a thread that ended meanwhile
     return pids
 
 

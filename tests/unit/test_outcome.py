@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fusion_runner.core import outcome
-from fusion_runner.core.models import RunStatus
 from fusion_runner.core.outcome import MAX_MESSAGE_BYTES, ExitRecord, Outcome, decide, tail_text
+from fusion_runner.core.status import RunStatus
 
 EXITED_3 = ExitRecord(exit_code=3, signal=None, spawn_error=None)
 NO_FILE = "[Errno 2] No such file or directory: 'nope'"

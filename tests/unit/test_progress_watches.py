@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from fusion_runner.daemon import inotify
-from fusion_runner.daemon.wakeups import ProgressWatches, Reason, Wakeup, Wakeups
+from fusion_runner.daemon.wakeups import Reason, Wakeup, Wakeups
+from fusion_runner.daemon.watches import FolderWatches
 
 
 def append(folder: Path, name: str, text: str) -> None:
@@ -17,9 +18,9 @@ def append(folder: Path, name: str, text: str) -> None:
         file.write(text)
 
 
-def make(tmp_path: Path) -> tuple[ProgressWatches, list[str]]:
+def make(tmp_path: Path) -> tuple[FolderWatches, list[str]]:
     woken: list[str] = []
-    watches = ProgressWatches(woken.append)
+    watches = FolderWatches(woken.append)
     watches.watch("run-a", tmp_path)
     return watches, woken
 

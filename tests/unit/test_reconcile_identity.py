@@ -26,7 +26,7 @@ from fusion_runner.core.rundir import RunPaths
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.supervisor import Supervisor
 from fusion_runner.executors import procfs
-from fusion_runner.executors.local import Identity
+from fusion_runner.executors.local import Identity, LocalExecutor
 from tests.legacy_schema import LEGACY_CLAIMS_TABLE, RUNS_TABLE, columns, create_legacy_database
 
 WORKER = "unit"
@@ -88,7 +88,7 @@ def test_a_live_run_hidden_from_proc_is_refused_and_stays_running(
     with pytest.MonkeyPatch.context() as visible:
         visible.setattr(procfs, "PROC_ROOT", Path("/proc"))
         started(store, config, "0000000000a1", Identity.read(sleeper.pid))
-    supervisor = Supervisor(config, store, subreaper=False)
+    supervisor = Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False))
 
     with pytest.raises(CannotInspect) as refused:
         supervisor.reconcile(0.0)
@@ -111,7 +111,7 @@ def test_a_refusal_leaves_every_other_run_untouched(
         started(store, config, "0000000000a3", Identity.read(sleeper.pid))
 
     with pytest.raises(CannotInspect):
-        Supervisor(config, store, subreaper=False).reconcile(0.0)
+        Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False)).reconcile(0.0)
 
     assert row(store, "0000000000a2") == (RunStatus.RUNNING, None)
 
@@ -125,7 +125,7 @@ def test_a_run_whose_process_ended_is_not_refused_however_proc_hides_it(
         shim = Identity.read(child.pid)
     child.wait(10)
     started(store, config, "0000000000a4", shim)
-    supervisor = Supervisor(config, store, subreaper=False)
+    supervisor = Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False))
 
     supervisor.reconcile(0.0)
 
@@ -141,7 +141,7 @@ def test_a_row_of_an_earlier_version_is_adopted_and_given_its_start_ticks(
     store.mark_started("0000000000a5", pid=shim.pid, pgid=shim.pid, process_start_ticks=None,
                        boot_id=None, process_start_time=shim.start_time,
                        run_dir=config.runs_dir / "0000000000a5")
-    supervisor = Supervisor(config, store, subreaper=False)
+    supervisor = Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False))
 
     supervisor.reconcile(0.0)
 
@@ -165,14 +165,14 @@ def test_an_unrecorded_spawn_is_refused_when_proc_may_hide_its_shim(
     monkeypatch.setattr(procfs, "MOUNTINFO_FILE", mountinfo)
 
     with pytest.raises(CannotInspect) as refused:
-        Supervisor(config, store, subreaper=False).reconcile(0.0)
+        Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False)).reconcile(0.0)
 
     assert "its start was never recorded and no process of it is visible" in str(refused.value)
     assert "hidepid=invisible" in str(refused.value)
     assert row(store, "0000000000a6") == (RunStatus.RUNNING, None)
 
     paths.exit_record.write_text("{}")  # its shim has ended: nothing can be hidden
-    Supervisor(config, store, subreaper=False).reconcile(0.0)
+    Supervisor(config, store, LocalExecutor.from_config(config, subreaper=False)).reconcile(0.0)
     assert row(store, "0000000000a6")[0] == RunStatus.FAILED
 
 

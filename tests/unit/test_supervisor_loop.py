@@ -14,6 +14,7 @@ from fusion_runner.core.models import RunStatus
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
 from fusion_runner.daemon.wakeups import Reason, Wakeup
+from fusion_runner.executors.local import LocalExecutor
 
 
 class FakeClock:
@@ -66,7 +67,8 @@ def run_loop(tmp_path: Path, script: list[Step], store: Store | None = None) -> 
                     poll_interval_seconds=1.0, worker_id="unit")
     store = store or Store.open(config.database_url)
     clock = FakeClock()
-    supervisor = Supervisor(config, store, clock=clock, subreaper=False)
+    executor = LocalExecutor.from_config(config, subreaper=False)
+    supervisor = Supervisor(config, store, executor, clock=clock)
     wakeups = ScriptedWakeups(clock, script, supervisor.stop)
     supervisor.wakeups = wakeups  # type: ignore[assignment]
     supervisor.run()

@@ -1,4 +1,4 @@
-"""What the client commands share: their errors, the store, ids by prefix, a row as JSON.
+"""Finding what a command names: the store it opens, a run by id or prefix, the run's files.
 
 An id on the command line is a whole id or any unique prefix of at least
 MIN_PREFIX characters. A prefix that matches no run is an unknown id and one
@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
+from fusion_runner.core import clientdb, rundir
 from fusion_runner.core import config as config_module
-from fusion_runner.core import outcome, rundir
-from fusion_runner.core.errors import ConfigError, InvalidRun, UnknownRun
-from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.errors import ConfigError, UnknownRun
 from fusion_runner.core.store import Store
 
 MIN_PREFIX = 4
@@ -65,37 +61,6 @@ def resolve(store: Store, given: str) -> str:
     return matches[0]
 
 
-def iso(value: datetime | None) -> str | None:
-    """A naive UTC timestamp of the runs table in ISO 8601 with its offset."""
-    return None if value is None else value.replace(tzinfo=UTC).isoformat()
-
-
-def row_json(row: Any) -> dict[str, Any]:
-    """Every SPEC §1 column under its own name; timestamps in ISO 8601."""
-    values = {column: getattr(row, column) for column in RUNS_COLUMNS}
-    return {
-        column: iso(value) if isinstance(value, datetime) else value
-        for column, value in values.items()
-    }
-
-
-def run_dir(store: Store, settings: config_module.Config, run_id: str) -> Path | None:
-    """Where the run's files are: as the daemon recorded it, else runs_dir/id."""
-    recorded = store.recorded_run_dir(run_id)
-    if recorded is not None:
-        return Path(recorded)
-    try:
-        return rundir.RunPaths.under(settings.runs_dir, run_id).run_dir
-    except InvalidRun:  # an id the daemon refuses never gets a directory
-        return None
-
-
-def log_file(folder: Path) -> Path:
-    return folder / "logs" / "sim.log"
-
-
-def exit_record(folder: Path) -> outcome.ExitRecord | None:
-    try:
-        return outcome.ExitRecord.from_json((folder / "exit.json").read_text())
-    except (OSError, UnicodeDecodeError):
-        return None
+def run_paths(store: Store, settings: config_module.Config, run_id: str) -> rundir.RunPaths | None:
+    """The run's files: in the folder the daemon recorded, else runs_dir/id (None: no folder)."""
+    return clientdb.run_paths(store, settings.runs_dir, run_id)

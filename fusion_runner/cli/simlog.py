@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fusion_runner.cli import view
+from fusion_runner.core import exitrecord
 from fusion_runner.core.store import Store
 
 FOLLOW_POLL_SECONDS = 0.1
@@ -53,15 +54,11 @@ def follow(
 
 
 def last_lines(path: Path, count: int) -> list[str] | None:
-    """The last `count` lines of the file (decoded leniently), or None if it is missing."""
-    try:
-        with open(path, "rb") as log:
-            size = log.seek(0, os.SEEK_END)
-            log.seek(max(size - TAIL_BYTES, 0))
-            data = log.read()
-    except FileNotFoundError:
+    """The last `count` lines of the log (decoded leniently), or None if it is missing.
+
+    Cut as the daemon cuts a failed run's log tail (exitrecord.log_tail), from
+    the last TAIL_BYTES: never from inside a line or a character.
+    """
+    if not path.exists():
         return None
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    if len(data) < size and lines:
-        lines = lines[1:]  # the first one was cut
-    return lines[-count:]
+    return exitrecord.log_tail(path, TAIL_BYTES).splitlines()[-count:]

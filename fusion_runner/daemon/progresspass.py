@@ -1,0 +1,103 @@
+"""Each pass's progress work: read what changed, write it to the row at most once per
+progress interval, link the result folders the log names."""
+
+from __future__ import annotations
+
+import logging
+
+from fusion_runner.core import rundir
+from fusion_runner.daemon import outputs
+from fusion_runner.daemon.liverun import LiveRun
+from fusion_runner.daemon.runs import RunsState
+
+log = logging.getLogger("fusion_runner")
+
+# At most one log line per run this often about skipped progress lines.
+PROBLEM_LOG_SECONDS = 1.0
+
+
+class ProgressPass(RunsState):
+    def _read_progress(self, now: float) -> None:
+        # Inotify says which files changed; a slow sweep of all covers a missed event.
+        sweep = now >= self._next_progress_sweep
+        if sweep:
+            self._next_progress_sweep = now + self.config.poll_interval_seconds
+        for run in self.live.values():
+            run.progress_unread |= sweep or run.id in self._progress_changed
+            if not (run.progress_unread or run.progress_unwritten):
+                continue
+            # Read when a write may follow: a burst costs one read per interval.
+            due = run.progress_written_at + self.config.progress_interval_seconds
+            if now < due:
+                self._wake_by(due)
+                continue
+            if run.progress_unread:
+                run.progress_unread = False
+                self._poll_progress(run, now)
+            if run.progress_unwritten:
+                self._write_progress(run, now)
+        self._progress_changed.clear()
+
+    def _poll_progress(self, run: LiveRun, now: float) -> None:
+        if self.wakeups is not None:
+            self.wakeups.rearm_progress(run.id)
+        reading_log = run.progress.log_live
+        try:
+            run.progress_unwritten.update(run.progress.poll())
+        except OSError as error:
+            log.warning("run=%s action=progress_unreadable error=%s", run.id, error)
+        if reading_log and not run.progress.log_live:
+            self._file_took_over(run)
+        run.outputs_unrecorded += run.progress.take_outputs()
+        self._record_outputs(run)
+        self._log_problems(run, now)
+
+    def _file_took_over(self, run: LiveRun) -> None:
+        """progress_source "auto": progress.jsonl has a valid line, the log is not read on."""
+        if self.wakeups is not None:
+            self.wakeups.unwatch_log(run.id)
+        log.debug("run=%s action=progress_source source=file log_offset=%d",
+                  run.id, run.progress.log.offset if run.progress.log is not None else 0)
+
+    def _read_rest_of_log(self, run: LiveRun) -> None:
+        """The result folders the log named after progress.jsonl took over ("auto")."""
+        try:
+            run.progress.finish()
+        except OSError as error:
+            log.warning("run=%s action=log_unreadable error=%s", run.id, error)
+        run.outputs_unrecorded += run.progress.take_outputs()
+        self._record_outputs(run)
+
+    def _record_outputs(self, run: LiveRun) -> None:
+        if run.outputs_unrecorded:
+            self._note_outputs(run.id, run.paths, run.outputs_unrecorded)
+            run.outputs_unrecorded = []
+
+    def _note_outputs(self, run_id: str, paths: rundir.RunPaths, folders: list[str]) -> None:
+        """Link each result folder the log named into output/ and note it in the database;
+        a database error leaves `folders` for the next pass (both steps are idempotent)."""
+        for folder in folders:
+            try:
+                name: str | None = outputs.link(paths.output_dir, folder)
+            except (OSError, ValueError) as error:
+                name = None
+                log.warning("run=%s action=output_not_linked path=%r error=%s",
+                            run_id, folder, error)
+            if self.store.add_output(run_id, folder):
+                log.info("run=%s action=output path=%r link=%s", run_id, folder,
+                         f"output/{name}" if name else "none")
+
+    def _log_problems(self, run: LiveRun, now: float) -> None:
+        logged_at = self._problems_logged_at.get(run.id, -PROBLEM_LOG_SECONDS)
+        if run.progress.problems and now >= logged_at + PROBLEM_LOG_SECONDS:
+            self._problems_logged_at[run.id] = now
+            problems = run.progress.take_problems()
+            log.warning("run=%s action=progress_skipped count=%d first=%r",
+                        run.id, len(problems), problems[0] if problems else "")
+
+    def _write_progress(self, run: LiveRun, now: float) -> None:
+        # RUNNING -> RUNNING (progress columns only)
+        self.store.write_progress(run.id, run.progress_unwritten, run.progress.file_offset,
+                                  run.progress.log_offset)
+        run.progress_unwritten = {}
+        run.progress_written_at = now

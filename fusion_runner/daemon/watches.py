@@ -1,0 +1,184 @@
+"""The watches behind the wake-ups: one thread waiting on file descriptors (pidfds,
+inotify), and one-shot inotify watches of folders (runs' files, the database's)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fusion_runner.daemon import inotify
+
+log = logging.getLogger("fusion_runner")
+PROGRESS_FILE = "progress.jsonl"
+
+
+class FdWatchThread:
+    """One thread waiting on file descriptors: pidfds (a process end becomes a call
+    of `notify(key)`) and readers added with `add_reader` (the folders' inotify).
+
+    A pidfd works for processes that are not our children (adopted after a
+    restart) and never refers to a reused pid.
+    """
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._added: list[tuple[str | Callable[[], None], int]] = []
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="exit-watcher", daemon=True)
+        self._thread.start()
+
+    def watch(self, key: str, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._notify(key)
+            return
+        with self._lock:
+            self._added.append((key, pidfd))
+        os.write(self._wake_write, b".")
+
+    def add_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call `on_readable()` in this thread whenever `fd` is readable (fd stays ours)."""
+        with self._lock:
+            self._added.append((on_readable, fd))
+        os.write(self._wake_write, b".")
+
+    def close(self) -> None:
+        self._closed = True
+        os.write(self._wake_write, b".")
+        self._thread.join(timeout=2)
+        # Only now: the thread may see `_closed` and stop before reading the pipe.
+        for selected in list(self._selector.get_map().values()):
+            if isinstance(selected.data, str):  # a pidfd
+                os.close(selected.fd)
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _run(self) -> None:
+        while not self._closed:
+            for selected, _ in self._selector.select():
+                if selected.data is None:
+                    self._take_added()
+                elif callable(selected.data):
+                    selected.data()
+                else:
+                    self._selector.unregister(selected.fd)
+                    os.close(selected.fd)
+                    self._notify(selected.data)
+
+    def _take_added(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            added, self._added = self._added, []
+        for data, fd in added:
+            self._selector.register(fd, selectors.EVENT_READ, data)
+
+
+class FolderWatches:
+    """One-shot inotify on folders, each under a key (a run id, or the database's): a change
+    of one of the key's files wakes the loop once, then not again until the loop
+    is about to look (`arm`).
+
+    Each watch is one-shot (IN_ONESHOT) and `arm` adds it again, so a simulation
+    writing a thousand lines a second costs about one event per read, not one
+    per line. The fallback (a polling observer) uses the same arming by flag.
+    """
+
+    def __init__(self, notify: Callable[[str], None], *, use_inotify: bool = True) -> None:
+        self._notify = notify
+        self._lock = threading.Lock()
+        self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # key -> folder, names
+        self._key_of: dict[int, str] = {}  # armed watch descriptor -> key
+        self._armed: dict[str, bool] = {}  # keys on the fallback observer
+        self._inotify: inotify.Inotify | None = None
+        if use_inotify:
+            try:
+                self._inotify = inotify.Inotify()
+            except OSError as error:
+                log.warning("action=inotify_unavailable error=%s fallback=polling", error)
+
+    def fileno(self) -> int | None:
+        return None if self._inotify is None else self._inotify.fileno()
+
+    def watch(self, key: str, folder: Path, names: Iterable[str] = (PROGRESS_FILE,)) -> None:
+        """Raises OSError when inotify cannot watch it (watch limit, file system)."""
+        if self._inotify is None:
+            raise OSError("inotify is not available")
+        self._add(key, str(folder))
+        with self._lock:
+            self._folders[key] = (str(folder), frozenset(names))
+
+    def watch_by_flag(self, key: str) -> None:
+        with self._lock:
+            self._armed[key] = True
+
+    def unwatch(self, key: str) -> None:
+        with self._lock:
+            self._folders.pop(key, None)
+            self._armed.pop(key, None)
+            for wd in [wd for wd, watched in self._key_of.items() if watched == key]:
+                del self._key_of[wd]
+                if self._inotify is not None:
+                    self._inotify.unwatch(wd)
+
+    def arm(self, key: str) -> None:
+        with self._lock:
+            folder = self._folders.get(key)
+            if key in self._armed:
+                self._armed[key] = True
+        if folder is not None:
+            with contextlib.suppress(OSError):  # the folder is gone: so is the run
+                self._add(key, folder[0])
+
+    def notify(self, key: str) -> None:
+        """From the fallback observer: wake once until armed again."""
+        with self._lock:
+            if not self._armed.get(key):
+                return
+            self._armed[key] = False
+        self._notify(key)
+
+    def on_readable(self) -> None:
+        assert self._inotify is not None
+        while events := self._inotify.read():
+            for event in events:
+                if event.mask & inotify.IN_Q_OVERFLOW:
+                    for key in list(self._folders):
+                        self._notify(key)
+                    continue
+                with self._lock:
+                    # A one-shot watch fires once; `arm` adds it again.
+                    key = self._key_of.pop(event.wd, "")
+                    folder, names = self._folders.get(key, ("", frozenset()))
+                if key and event.name in names:
+                    self._notify(key)
+                elif key:
+                    # Another file of the folder used up the one shot: watch on.
+                    with contextlib.suppress(OSError):
+                        self._add(key, folder)
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+
+    def _add(self, key: str, folder: str) -> None:
+        assert self._inotify is not None
+        # Under the lock: an event on the new watch must find it in `_key_of`.
+        with self._lock:
+            # Adding a watch that exists already returns the same descriptor.
+            wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
+            self._key_of[wd] = key
