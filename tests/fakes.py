@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_runner.core import outcome
-from fusion_runner.core.models import RunStatus
 from fusion_runner.core.rundir import RunPaths
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import OwnedRun
 from fusion_runner.daemon.wakeups import Wakeup
 from fusion_runner.executors import base
@@ -142,6 +142,9 @@ class FakeExecutor:
     def outcome_unrecorded(self, paths: RunPaths, last_error: str | None) -> EndedUnrecorded:
         return EndedUnrecorded(outcome.Outcome(RunStatus.FAILED, "no exit record"), None, None)
 
+    def end_watch_pid(self, handle: RunHandle) -> int | None:
+        return handle.pid
+
     def release(self, handle: RunHandle) -> None:
         self.released.append(_fake(handle).run_id)
 
@@ -171,10 +174,10 @@ class FakeWakeups:
     def watch_exit(self, key: str, pid: int) -> None:
         self.exits[key] = pid
 
-    def watch_progress(self, run_id: str, run_dir: Path) -> None:
+    def watch_progress(self, run_id: str, progress_file: Path) -> None:
         self.watched.add(run_id)
 
-    def watch_log(self, run_id: str, log_dir: Path) -> None: ...
+    def watch_log(self, run_id: str, log_file: Path) -> None: ...
     def rearm_progress(self, run_id: str) -> None: ...
 
     def unwatch_progress(self, run_id: str) -> None:

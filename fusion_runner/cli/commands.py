@@ -22,7 +22,7 @@ from fusion_runner.cli import lookup, simlog, view, watch
 from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from fusion_runner.cli.lookup import UsageError
 from fusion_runner.core import config as config_module
-from fusion_runner.core import inifile, rundir
+from fusion_runner.core import inifile, runconfig, rundir
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.errors import InvalidRun, UnknownRun
 from fusion_runner.core.status import RunStatus
@@ -52,7 +52,7 @@ def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
         apply_setting(config, assignment)
     config_json = inifile.to_config_json(config)
     try:
-        rundir.parse_config_json(config_json)
+        runconfig.parse_config_json(config_json)
     except InvalidRun as error:
         raise UsageError(f"{args.ini}: {error}") from None
     name = args.name if args.name is not None else args.ini.stem

@@ -18,7 +18,7 @@ from typing import Any
 from fusion_runner.cli import lookup, simlog, view
 from fusion_runner.cli.exitcodes import EXIT_OK
 from fusion_runner.core import config as config_module
-from fusion_runner.core import exitrecord, outcome, rundir
+from fusion_runner.core import exitrecord, outcome, runconfig, rundir
 from fusion_runner.core.errors import InvalidRun, UnknownRun
 from fusion_runner.core.models import RUNS_COLUMNS
 from fusion_runner.daemon import outputs
@@ -104,7 +104,7 @@ def block(title: str, lines: list[str]) -> list[str]:
 def config_lines(config_json: str) -> list[str]:
     """config_json as the config.ini the daemon writes from it."""
     try:
-        return rundir.render_ini(rundir.parse_config_json(config_json)).rstrip().splitlines()
+        return runconfig.render_ini(runconfig.parse_config_json(config_json)).rstrip().splitlines()
     except InvalidRun as error:
         return [f"(not a valid config: {error})", config_json]
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fusion_runner.core import clientdb, results, rundir, templates
+from fusion_runner.core import clientdb, results, runconfig, rundir, templates
 from fusion_runner.core import config as config_module
 from fusion_runner.core.errors import ConfigError, FusionRunnerError, InvalidRun, UnknownRun
 from fusion_runner.core.status import FINAL_STATUSES, RunStatus
@@ -225,5 +225,5 @@ def _config_json(config: Mapping[str, Mapping[str, object]]) -> str:
         text = json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidRun(f"config_json: {error}") from None
-    rundir.parse_config_json(text)
+    runconfig.parse_config_json(text)
     return text

@@ -18,10 +18,12 @@ from sqlalchemy.pool import QueuePool
 
 from fusion_runner.core import config as config_module
 from fusion_runner.core import rundir
+from fusion_runner.core.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
 from fusion_runner.core.errors import ConfigError, InvalidRun, SchemaError
 from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.schema import runs
 from fusion_runner.core.status import FINAL_STATUSES
-from fusion_runner.core.store import SQLITE_BUSY_TIMEOUT_MS, Store, make_engine, runs
+from fusion_runner.core.store import Store
 
 
 def open_existing(database_url: str) -> Store:

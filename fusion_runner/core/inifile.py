@@ -13,7 +13,7 @@ class KeyCaseParser(configparser.ConfigParser):
     """configparser as FUSION reads its INI files: key case kept, no `%` interpolation.
 
     The one parser for both directions: reading INI files (submit, templates) and
-    writing config.ini (`rundir.render_ini`).
+    writing config.ini (`runconfig.render_ini`).
     """
 
     def __init__(self) -> None:

@@ -7,11 +7,6 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Re-exported for the daemon's modules that still import the statuses from here;
-# their home is core/status.py, which needs no SQLAlchemy.
-from fusion_runner.core.status import FINAL_STATUSES as FINAL_STATUSES
-from fusion_runner.core.status import RunStatus as RunStatus
-
 
 class Base(DeclarativeBase):
     pass

@@ -1,11 +1,12 @@
-"""The run directory: ids, config_json, the layout, config.ini, argv and environment (SPEC §3-4)."""
+"""The run directory: ids, the layout, config.ini written once, argv and environment (SPEC §3-4).
+
+What config.ini holds is `runconfig`'s: config_json validated and rendered.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
-import json
 import os
 import re
 import secrets
@@ -13,30 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusion_runner.core import inifile, sharing, templates
+from fusion_runner.core import runconfig, sharing, templates
 from fusion_runner.core.errors import InvalidRun
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 
 DIR_MODE = sharing.PRIVATE.folder
 CONFIG_MODE = sharing.PRIVATE.file
-MAX_VALUE_DEPTH = 64
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
-# Not control characters, but str.splitlines, editors and log viewers end a line at them.
-_LINE_SEPARATOR = re.compile(r"[\u2028\u2029]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_INI_SYNTAX = re.compile(r"[\[\]=:]")
 _PLACEHOLDER = re.compile(r"\{(python|run_id|run_dir|config|progress|output_dir|log)\}")
-_JSON_TYPES = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
 
 
 def new_run_id() -> str:
@@ -50,130 +36,9 @@ def validate_run_id(run_id: object) -> str:
     raise InvalidRun(f"invalid run id {_quote(run_id)}: must be 12 lowercase hex characters")
 
 
-# --- config_json -> config.ini ---------------------------------------------------------------
-
-
-def parse_config_json(text: object) -> dict[str, dict[str, object]]:
-    """The sections of a run's config_json, or InvalidRun saying what is wrong with it."""
-    if not isinstance(text, str):
-        raise InvalidRun(f"config_json is not text but {type(text).__name__}")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, int digit limit, depth
-        raise InvalidRun(f"config_json is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise InvalidRun(f"config_json must be a JSON object of sections, not {_json_type(data)}")
-    for section, options in data.items():
-        _check_section(section, options)
-    return data
-
-
-def _check_section(section: str, options: object) -> None:
-    if problem := _name_problem(section, is_key=False):
-        raise InvalidRun(f"config_json: section name {_quote(section)} {problem}")
-    if not isinstance(options, dict):
-        raise InvalidRun(
-            f"config_json: section {_quote(section)} is not an object but {_json_type(options)}"
-        )
-    for key, value in options.items():
-        if problem := _name_problem(key, is_key=True):
-            raise InvalidRun(
-                f"config_json: key name {_quote(key)} in section {_quote(section)} {problem}"
-            )
-        where = _shorten(f"{section}.{key}")
-        _check_value(where, value)
-        _check_ends(where, value)
-
-
-def _name_problem(name: str, *, is_key: bool) -> str | None:
-    if not name:
-        return "is empty"
-    if problem := _text_problem(name):
-        return problem
-    if found := _INI_SYNTAX.search(name):
-        return f"contains {found.group()!r}"
-    # configparser strips a key, reads an indented line as a continuation of the
-    # previous value and a line starting with # or ; as a comment.
-    if is_key and name != name.strip():
-        return "has leading or trailing whitespace"
-    if is_key and name[0] in "#;":
-        return f"starts with {name[0]!r}, which INI reads as a comment"
-    return None
-
-
-def _check_value(where: str, value: object) -> None:
-    """Every string in value, object keys included, at any depth (iteratively: no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_VALUE_DEPTH:
-            raise InvalidRun(
-                f"config_json: value of {where} is nested more than {MAX_VALUE_DEPTH} levels deep"
-            )
-        texts: list[object] = [item]
-        if isinstance(item, list):
-            pending.extend((element, depth + 1) for element in item)
-        elif isinstance(item, dict):
-            texts = list(item)
-            pending.extend((element, depth + 1) for element in item.values())
-        for text in texts:
-            if isinstance(text, str) and (problem := _text_problem(text)):
-                raise InvalidRun(f"config_json: value of {where} {problem}")
-
-
-def _check_ends(where: str, value: object) -> None:
-    # configparser strips a value's ends (str.strip: spaces, tabs, no-break spaces, U+3000 ...)
-    # when the simulation reads it back. Only a top-level string is written bare: strings in
-    # arrays and objects are quoted JSON, and "" reads back as "".
-    if isinstance(value, str) and value != value.strip():
-        raise InvalidRun(
-            f"config_json: value of {where} has leading or trailing whitespace,"
-            " which config.ini cannot keep"
-        )
-
-
-def _text_problem(text: str) -> str | None:
-    if found := _CONTROL.search(text):
-        return f"contains a control character ({found.group()!r})"
-    if found := _LINE_SEPARATOR.search(text):
-        return f"contains a line separator ({found.group()!r})"
-    if found := _SURROGATE.search(text):
-        return f"contains an unpaired surrogate ({found.group()!r})"
-    return None
-
-
-def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _quote(value: object) -> str:
-    return _shorten(repr(value))
-
-
-def _shorten(text: str, limit: int = 80) -> str:
+def _quote(value: object, limit: int = 80) -> str:
+    text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def render_ini(config: Mapping[str, Mapping[str, object]]) -> str:
-    parser = inifile.KeyCaseParser()
-    parser.read_dict(
-        {
-            section: {key: _ini_value(value) for key, value in options.items()}
-            for section, options in config.items()
-        }
-    )
-    text = io.StringIO()
-    parser.write(text)
-    return text.getvalue()
-
-
-def _ini_value(value: object) -> str:
-    """One config value as FUSION's INI files write it."""
-    if isinstance(value, str):
-        return value
-    if value is None or isinstance(value, bool | int | float):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"))
 
 
 # --- the directory ---------------------------------------------------------------------------
@@ -234,12 +99,12 @@ def prepare(
     (permissions, a full disk) propagate, naming the path.
     """
     paths = RunPaths.under(runs_dir, run_id)
-    config = parse_config_json(config_json)
+    config = runconfig.parse_config_json(config_json)
 
     def render() -> str:
         if templates_dir is None:
-            return render_ini(config)
-        return render_ini(templates.configuration(templates_dir, template, config))
+            return runconfig.render_ini(config)
+        return runconfig.render_ini(templates.configuration(templates_dir, template, config))
 
     # Rendered before anything is made, so that a bad row or a missing template
     # writes nothing; unless config.ini is there already, when it is not needed.

@@ -3,57 +3,35 @@
 Each write is a short transaction; every change the daemon makes to `runs` is
 conditional on the status it expects, and reports whether it won, so a
 client's concurrent change is never overwritten. Hot paths use SQLAlchemy Core.
+This module holds `Store` and the daemon's verbs; the engine (engine.py), the
+tables (schema.py) and the client commands' verbs (clientverbs.py) live beside it.
 """
 
 from __future__ import annotations
 
 import functools
-import sqlite3
-import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import (
-    Engine,
-    Table,
-    Update,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    inspect,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy import Engine, Update, bindparam, delete, event, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import Column, CreateColumn
 
-from fusion_runner.core import config as config_module
-from fusion_runner.core.clock import utcnow as utcnow  # re-exported: the daemon imports it here
-from fusion_runner.core.errors import ConfigError, DatabaseError, SchemaError
-from fusion_runner.core.models import RUNS_COLUMNS, Base, Run, RunClaim, RunOutput
+from fusion_runner.core import schema, sqliteraw
+from fusion_runner.core.clientverbs import ClientVerbs
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.engine import make_engine as make_engine  # re-exported: callers use it here
+from fusion_runner.core.errors import DatabaseError
 from fusion_runner.core.progress import PROGRESS_COLUMNS
+from fusion_runner.core.schema import claims, outputs, runs
 from fusion_runner.core.status import RunStatus
 
-runs = cast(Table, Run.__table__)
-claims = cast(Table, RunClaim.__table__)
-outputs = cast(Table, RunOutput.__table__)
 # How many of the oldest PENDING rows one claim attempt considers; another
 # daemon may win some of them.
 CLAIM_CANDIDATES = 8
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-# Tries at creating the daemon's tables when another process creates them too.
-CREATE_ATTEMPTS = 3
-# Tries at switching a new database to WAL while another process does the same.
-WAL_ATTEMPTS = 20
 # Every error a statement can end with, through SQLAlchemy or on the raw
 # DBAPI connection (translated to DatabaseError): the loop outlives them all.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
@@ -118,47 +96,7 @@ class OwnedRun:
     progress: dict[str, float | int | None]
 
 
-def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    _enable_wal(cursor)
-    # Safe with WAL: a power cut may lose the last commits, never corrupt.
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _enable_wal(cursor: Any) -> None:
-    """journal_mode = WAL, again when two processes open a database not yet in WAL
-    mode at once: switching needs the database to itself, and SQLite then answers
-    "database is locked" at once instead of waiting out the busy timeout."""
-    for attempt in range(1, WAL_ATTEMPTS + 1):
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or attempt == WAL_ATTEMPTS:
-                raise
-            time.sleep(0.01 * attempt)
-
-
-def make_engine(database_url: str) -> Engine:
-    """An engine for a `database_url` of SPEC §8; SQLite gets WAL and a busy timeout."""
-    sqlite_file = config_module.sqlite_path(database_url)
-    if sqlite_file is not None:
-        try:
-            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            folder = sqlite_file.parent
-            raise ConfigError(f"database_url: cannot create {folder}: {error}") from None
-        # One connection for the whole process: then SQLite's data_version
-        # changes only when another process commits (see `changed_by_others`).
-        engine = create_engine(f"sqlite:///{sqlite_file}", poolclass=StaticPool)
-        event.listen(engine, "connect", _tune_sqlite)
-        return engine
-    return create_engine(config_module.sqlalchemy_url(database_url), pool_pre_ping=True)
-
-
-class Store:
+class Store(ClientVerbs):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._is_sqlite = engine.dialect.name == "sqlite"
@@ -176,60 +114,8 @@ class Store:
         self.engine.dispose()
 
     def ensure_schema(self, *, upgrade_claims: bool = True) -> None:
-        """Create missing tables and, with `upgrade_claims`, add the columns an
-        earlier version's claims table lacks and the daemon's newer tables;
-        refuse a `runs` table that lacks a column (never altered: it is the GUI's)."""
-        try:
-            inspector = inspect(self.engine)
-            if inspector.has_table("runs"):
-                present = {column["name"] for column in inspector.get_columns("runs")}
-                missing = [name for name in RUNS_COLUMNS if name not in present]
-                if missing:
-                    raise SchemaError(f"the runs table lacks column {missing[0]!r}")
-            # Without `upgrade_claims` (the client commands) a table the daemon
-            # alone writes is left missing, as a user who may only read needs.
-            self._create_missing_tables(None if upgrade_claims else [runs, claims])
-            for column in self._missing_claim_columns() if upgrade_claims else []:
-                self._add_claim_column(column)
-        except SQLAlchemyError as error:
-            raise ConfigError(f"database_url: cannot open the database: {error}") from None
-
-    def _create_missing_tables(self, tables: list[Table] | None) -> None:
-        """CREATE TABLE for those missing, tolerant of another process (a second daemon,
-        a client command) creating one at the same moment."""
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                Base.metadata.create_all(self.engine, tables=tables)
-                return
-            except SQLAlchemyError:
-                # "already exists", or SQLite's immediate "database is locked" for the
-                # one of two connections that both turn a read into a write: look
-                # again, and try again while a table is still missing.
-                present = set(inspect(self.engine).get_table_names())
-                wanted = tables or Base.metadata.sorted_tables
-                if all(table.name in present for table in wanted):
-                    return
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
-
-    def _missing_claim_columns(self) -> list[Column[Any]]:
-        # A new inspector each time: one caches what it has read.
-        present = {column["name"] for column in inspect(self.engine).get_columns(claims.name)}
-        return [column for column in claims.columns if column.name not in present]
-
-    def _add_claim_column(self, column: Column[Any]) -> None:
-        """ALTER TABLE fusion_runner_claims ADD COLUMN, tolerant of another process
-        (a second daemon, a client command) adding it at the same moment."""
-        table = self.engine.dialect.identifier_preparer.format_table(claims)
-        definition = CreateColumn(column).compile(dialect=self.engine.dialect)
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {definition}"))
-        except SQLAlchemyError as error:
-            # Most likely "duplicate column": look again, and fail only if it is still missing.
-            if any(missing.name == column.name for missing in self._missing_claim_columns()):
-                raise SchemaError(f"the {claims.name} table lacks column {column.name!r} and "
-                                  f"it could not be added: {error}") from None
+        """See `schema.ensure_schema`: create what is missing, upgrade the daemon's tables."""
+        schema.ensure_schema(self.engine, upgrade_claims=upgrade_claims)
 
     def _count_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                      context: Any, executemany: bool) -> None:
@@ -250,18 +136,7 @@ class Store:
         """
         if not self._is_sqlite:
             return True
-        # The DBAPI connection itself: this runs on every pass of the loop.
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA data_version")
-            row = cursor.fetchone()
-            version = int(row[0]) if row else 0
-            cursor.close()
-        except sqlite3.Error as error:
-            raise DatabaseError(f"PRAGMA data_version: {error}") from error
-        finally:
-            connection.close()
+        version = sqliteraw.data_version(self.engine)
         changed = version != self._data_version
         self._data_version = version
         return changed
@@ -336,46 +211,14 @@ class Store:
         """Progress columns of a RUNNING run, and how far its file and its log were read
         (`log_offset` None: the log does not drive the columns)."""
         if self._is_sqlite:
-            return self._write_progress_sqlite(run_id, columns, offset, log_offset)
+            won = sqliteraw.write_progress(self.engine, run_id, columns, offset, log_offset)
+            self.writes += 1
+            return won
         with self.engine.begin() as conn:
             won = _conditional_update(conn, run_id, RunStatus.RUNNING, **columns)
             conn.execute(_SAVE_OFFSET, {"claimed_run": run_id, "offset": offset,
                                         "log_offset": log_offset})
             return won
-
-    def _write_progress_sqlite(
-        self, run_id: str, columns: Mapping[str, float | int | None], offset: int,
-        log_offset: int | None,
-    ) -> bool:
-        # The daemon's most frequent write (ten runs: 200 a second), straight on
-        # the DBAPI connection: ~15 us here against ~120 us through Core.
-        names = sorted(columns)
-        if not set(names) <= set(PROGRESS_COLUMNS):
-            raise ValueError(f"not progress columns: {names}")
-        assignments = ", ".join(f"{name} = ?" for name in names)
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(
-                f"UPDATE runs SET {assignments} WHERE id = ? AND status = ?",
-                [*(columns[name] for name in names), run_id, RunStatus.RUNNING.value],
-            )
-            won = bool(cursor.rowcount == 1)
-            cursor.execute(
-                "UPDATE fusion_runner_claims SET progress_offset = ?, log_offset = ? "
-                "WHERE run_id = ?",
-                (offset, log_offset, run_id),
-            )
-            connection.commit()
-        except BaseException as error:
-            connection.rollback()
-            if isinstance(error, sqlite3.Error):
-                raise DatabaseError(f"progress of run {run_id}: {error}") from error
-            raise
-        finally:
-            connection.close()
-        self.writes += 1
-        return won
 
     def complete_client_status(self, run_id: str, status: str) -> bool:
         """completed_at of a run a client ended with `status`, if the client left it unset."""
@@ -464,101 +307,6 @@ class Store:
                 )
             return ids
 
-    # --- the client commands' verbs -------------------------------------------
-
-    def insert_run(
-        self, run_id: str, *, name: str | None, config_json: str, template: str
-    ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(runs).values(
-                    id=run_id, name=name, status=RunStatus.PENDING, config_json=config_json,
-                    template=template, created_at=utcnow(),
-                )
-            )
-
-    def get_run(self, run_id: str) -> Row[Any] | None:
-        with self.engine.connect() as conn:
-            return conn.execute(select(runs).where(runs.c.id == run_id)).first()
-
-    def count_by_status(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
-            return {status: count for status, count in rows.tuples()}
-
-    def cancel(self, run_id: str) -> tuple[str | None, bool]:
-        """The status the run had, and whether this call cancelled it.
-
-        Only PENDING and RUNNING runs are cancelled: a final status, or one the
-        SPEC does not name, is left as it is.
-        """
-        for _ in range(3):
-            row = self.get_run(run_id)
-            if row is None:
-                return None, False
-            before = str(row.status)
-            if before not in (RunStatus.PENDING, RunStatus.RUNNING):
-                return before, False
-            # PENDING -> CANCELLED, RUNNING -> CANCELLED (the client's move)
-            if self.transition(run_id, before, RunStatus.CANCELLED):
-                return before, True
-        return before, False
-
-    # --- lookups for the command line (ids by prefix, filtered lists, run dir) --
-
-    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
-        """Ids that start with `prefix` (case as given), sorted, at most `limit`."""
-        query = (
-            select(runs.c.id)
-            .where(func.substr(runs.c.id, 1, len(prefix)) == prefix)
-            .order_by(runs.c.id)
-            .limit(limit)
-        )
-        with self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
-
-    def get_runs(self, run_ids: Iterable[str]) -> dict[str, Row[Any]]:
-        """The rows of those ids that still exist, by id."""
-        ids = list(run_ids)
-        if not ids:
-            return {}
-        with self.engine.connect() as conn:
-            return {row.id: row for row in conn.execute(select(runs).where(runs.c.id.in_(ids)))}
-
-    def select_runs(
-        self, statuses: Iterable[str] | None = None, limit: int | None = None
-    ) -> list[Row[Any]]:
-        """Runs newest first; only those with one of `statuses` when given."""
-        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
-        if statuses is not None:
-            query = query.where(runs.c.status.in_(list(statuses)))
-        with self.engine.connect() as conn:
-            return list(conn.execute(query).all())
-
-    def count_runs(self, statuses: Iterable[str] | None = None) -> int:
-        query = select(func.count()).select_from(runs)
-        if statuses is not None:
-            query = query.where(runs.c.status.in_(list(statuses)))
-        with self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def run_outputs(self, run_id: str) -> list[tuple[str, datetime]]:
-        """The folders of a run's results (path, first seen), oldest first; none when no
-        daemon has made the table yet."""
-        if not inspect(self.engine).has_table(outputs.name):
-            return []
-        query = (select(outputs.c.path, outputs.c.first_seen)
-                 .where(outputs.c.run_id == run_id)
-                 .order_by(outputs.c.first_seen, outputs.c.path))
-        with self.engine.connect() as conn:
-            return [(str(row.path), row.first_seen) for row in conn.execute(query)]
-
-    def recorded_run_dir(self, run_id: str) -> str | None:
-        """The run directory the daemon recorded when it spawned the run, if any."""
-        query = select(claims.c.run_dir).where(claims.c.run_id == run_id)
-        with self.engine.connect() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        return None if value is None else str(value)
 
 
 def _conditional_update(

@@ -8,8 +8,9 @@ import os
 import sys
 
 from fusion_runner.core import outcome, rundir
-from fusion_runner.core.models import RunStatus
-from fusion_runner.core.store import ClaimedRun, utcnow
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.status import RunStatus
+from fusion_runner.core.store import ClaimedRun
 from fusion_runner.daemon.liverun import LiveRun, StopReason
 from fusion_runner.daemon.reconcile import Reconcile
 from fusion_runner.daemon.runprogress import RunProgress

@@ -11,9 +11,10 @@ import logging
 from dataclasses import dataclass
 
 from fusion_runner.core import rundir
+from fusion_runner.core.clock import utcnow
 from fusion_runner.core.errors import CannotInspect, InvalidRun
-from fusion_runner.core.models import RunStatus
-from fusion_runner.core.store import DATABASE_ERRORS, OwnedRun, utcnow
+from fusion_runner.core.status import RunStatus
+from fusion_runner.core.store import DATABASE_ERRORS, OwnedRun
 from fusion_runner.daemon.liverun import LiveRun
 from fusion_runner.daemon.progresspass import ProgressPass
 from fusion_runner.daemon.runprogress import RunProgress

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from fusion_runner.core import sharing
 from fusion_runner.core.config import Config
-from fusion_runner.core.models import RunStatus
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.liverun import LiveRun, Stop, StopReason
 from fusion_runner.daemon.systemd import Notifier
@@ -77,11 +77,13 @@ class RunsState:
 
     def _watch(self, run: LiveRun) -> None:
         if self.wakeups is not None:
-            self.wakeups.watch_exit(run.id, run.process.pid)
+            end_pid = self.executor.end_watch_pid(run.process)
+            if end_pid is not None:
+                self.wakeups.watch_exit(run.id, end_pid)
             if run.progress.reads_file:
-                self.wakeups.watch_progress(run.id, run.paths.run_dir)
+                self.wakeups.watch_progress(run.id, run.paths.progress_file)
             if run.progress.log_live:  # never with progress_source "file"
-                self.wakeups.watch_log(run.id, run.paths.log_file.parent)
+                self.wakeups.watch_log(run.id, run.paths.log_file)
 
     def _forget(self, run: LiveRun) -> None:
         run.finalised()

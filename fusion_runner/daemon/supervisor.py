@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from fusion_runner.core import config as config_module
 from fusion_runner.core.config import Config
-from fusion_runner.core.models import RunStatus
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import DATABASE_ERRORS, Store
 from fusion_runner.daemon.lifecycle import Lifecycle
 from fusion_runner.daemon.runs import first_line

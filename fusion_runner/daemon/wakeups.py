@@ -35,10 +35,9 @@ from watchdog.observers.polling import PollingObserver
 
 from fusion_runner.core.config import sqlite_path
 from fusion_runner.core.store import Store
-from fusion_runner.daemon.watches import PROGRESS_FILE, FdWatchThread, FolderWatches
+from fusion_runner.daemon.watches import FdWatchThread, FolderWatches
 
 log = logging.getLogger("fusion_runner")
-LOG_FILE = "sim.log"
 # The watch key of the database's folder (a run id is 12 hex characters).
 DATABASE_KEY = "(database)"
 # A run's log is in another folder (logs/): a watch of its own, under the run's
@@ -69,8 +68,8 @@ class WakeupSource(Protocol):
     def watch_database(self, database_file: Path) -> None: ...
     def rearm_database(self) -> None: ...
     def watch_exit(self, key: str, pid: int) -> None: ...
-    def watch_progress(self, run_id: str, run_dir: Path) -> None: ...
-    def watch_log(self, run_id: str, log_dir: Path) -> None: ...
+    def watch_progress(self, run_id: str, progress_file: Path) -> None: ...
+    def watch_log(self, run_id: str, log_file: Path) -> None: ...
     def rearm_progress(self, run_id: str) -> None: ...
     def unwatch_progress(self, run_id: str) -> None: ...
     def unwatch_log(self, run_id: str) -> None: ...
@@ -151,14 +150,15 @@ class Wakeups:
         """Call right before looking for clients' commits: the next write wakes us."""
         self._progress.arm(DATABASE_KEY)
 
-    def watch_progress(self, run_id: str, run_dir: Path) -> None:
-        """Wake with the run's id when its progress file changes; one watch per live run."""
-        self._watch_folder(run_id, run_dir, {PROGRESS_FILE})
+    def watch_progress(self, run_id: str, progress_file: Path) -> None:
+        """Wake with the run's id when its progress file changes; one watch per live run
+        (on its folder: the file may not exist yet)."""
+        self._watch_folder(run_id, progress_file.parent, {progress_file.name})
 
-    def watch_log(self, run_id: str, log_dir: Path) -> None:
+    def watch_log(self, run_id: str, log_file: Path) -> None:
         """Wake with the run's id when its log (FUSION's progress) changes: a second
         watch, only for runs whose log drives the progress columns."""
-        self._watch_folder(run_id + LOG_KEY_SUFFIX, log_dir, {LOG_FILE})
+        self._watch_folder(run_id + LOG_KEY_SUFFIX, log_file.parent, {log_file.name})
 
     def rearm_progress(self, run_id: str) -> None:
         """Call right before reading a run's progress file or log: the next change wakes us."""

@@ -14,7 +14,6 @@ from pathlib import Path
 from fusion_runner.daemon import inotify
 
 log = logging.getLogger("fusion_runner")
-PROGRESS_FILE = "progress.jsonl"
 
 
 class FdWatchThread:
@@ -114,7 +113,7 @@ class FolderWatches:
     def fileno(self) -> int | None:
         return None if self._inotify is None else self._inotify.fileno()
 
-    def watch(self, key: str, folder: Path, names: Iterable[str] = (PROGRESS_FILE,)) -> None:
+    def watch(self, key: str, folder: Path, names: Iterable[str]) -> None:
         """Raises OSError when inotify cannot watch it (watch limit, file system)."""
         if self._inotify is None:
             raise OSError("inotify is not available")

@@ -123,5 +123,10 @@ class Executor(Protocol):
     def outcome_unrecorded(self, paths: RunPaths, last_error: str | None) -> EndedUnrecorded:
         """How a run spawned but never recorded ended."""
 
+    def end_watch_pid(self, handle: RunHandle) -> int | None:
+        """A local process whose end is the run's end, for the loop to watch with
+        a pidfd; None where there is none (a run elsewhere): then the loop
+        learns of the end from `reap` and `is_alive` on its passes."""
+
     def release(self, handle: RunHandle) -> None:
         """Free what the run held in the daemon (once it is forgotten)."""

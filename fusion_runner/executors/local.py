@@ -11,8 +11,8 @@ from pathlib import Path
 
 from fusion_runner.core import exitrecord, outcome, sharing
 from fusion_runner.core.config import Config
-from fusion_runner.core.models import RunStatus
 from fusion_runner.core.rundir import RunPaths
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import OwnedRun
 from fusion_runner.executors import base, procfs, shim
 from fusion_runner.executors.base import EndedUnrecorded, RunHandle, Verdict
@@ -204,6 +204,9 @@ class LocalExecutor:
                 None, started)
         result = outcome.decide(record, None, last_error, exitrecord.log_tail(paths.log_file))
         return EndedUnrecorded(result, record.shim_pid, started)
+
+    def end_watch_pid(self, handle: RunHandle) -> int | None:
+        return handle.pid  # the shim: it outlives everything else of the run
 
     def release(self, handle: RunHandle) -> None:
         close_status_pipe(_local(handle))

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from fusion_runner.core.api import Client, RunInfo, RunNotEnded
+from fusion_runner.core.clock import utcnow
 from fusion_runner.core.errors import ConfigError, InvalidRun, SchemaError, UnknownRun
 from fusion_runner.core.models import RUNS_COLUMNS
-from fusion_runner.core.store import Store, utcnow
+from fusion_runner.core.store import Store
 from tests.unit.test_results import real_fusion_file
 
 

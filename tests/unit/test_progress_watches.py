@@ -21,7 +21,7 @@ def append(folder: Path, name: str, text: str) -> None:
 def make(tmp_path: Path) -> tuple[FolderWatches, list[str]]:
     woken: list[str] = []
     watches = FolderWatches(woken.append)
-    watches.watch("run-a", tmp_path)
+    watches.watch("run-a", tmp_path, {"progress.jsonl"})
     return watches, woken
 
 
@@ -87,7 +87,7 @@ def test_without_inotify_a_polling_observer_wakes_once_per_read(
     wakeups = Wakeups(use_inotify=False)
     try:
         with caplog.at_level(logging.WARNING, logger="fusion_runner"):
-            wakeups.watch_progress("run-a", tmp_path)
+            wakeups.watch_progress("run-a", tmp_path / "progress.jsonl")
         assert "fallback=polling" in caplog.text
 
         for n in range(50):
@@ -119,8 +119,8 @@ def test_a_runs_log_wakes_it_as_its_progress_until_unwatched(
     wakeups = Wakeups(use_inotify=use_inotify)
     woken = [Wakeup(Reason.PROGRESS, "run-a")]
     try:
-        wakeups.watch_progress("run-a", tmp_path)
-        wakeups.watch_log("run-a", logs)
+        wakeups.watch_progress("run-a", tmp_path / "progress.jsonl")
+        wakeups.watch_log("run-a", logs / "sim.log")
         assert poke_until_woken(wakeups, logs, "sim.log") == woken
 
         wakeups.rearm_progress("run-a")  # re-arms the log's watch too

@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from fusion_runner.core.config import Config, sqlalchemy_url
 from fusion_runner.core.errors import CannotInspect
-from fusion_runner.core.models import RunStatus
 from fusion_runner.core.rundir import RunPaths
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.supervisor import Supervisor
 from fusion_runner.executors import procfs

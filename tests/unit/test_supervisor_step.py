@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fusion_runner.core.config import Config
-from fusion_runner.core.models import RunStatus
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.liverun import Phase
 from fusion_runner.daemon.supervisor import Supervisor

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from fusion_runner.cli import watch
-from fusion_runner.core.store import Store, utcnow
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.store import Store
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""The verbs of the client commands (submit, cancel, list, show) and their lookups.
+
+`ClientVerbs` is a mixin that `store.Store` combines with the daemon's verbs,
+so a client and the daemon hold one kind of store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, inspect, select
+from sqlalchemy.engine import Row
+
+from fusion_runner.core.clock import utcnow
+from fusion_runner.core.schema import claims, outputs, runs
+from fusion_runner.core.status import RunStatus
+
+
+class ClientVerbs:
+    engine: Engine
+
+    def transition(self, run_id: str, expected: str, new: str, **fields: object) -> bool:
+        """The daemon's conditional status change, which `cancel` makes too: see Store."""
+        raise NotImplementedError
+
+    def insert_run(
+        self, run_id: str, *, name: str | None, config_json: str, template: str
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(runs).values(
+                    id=run_id, name=name, status=RunStatus.PENDING, config_json=config_json,
+                    template=template, created_at=utcnow(),
+                )
+            )
+
+    def get_run(self, run_id: str) -> Row[Any] | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs).where(runs.c.id == run_id)).first()
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
+            return {status: count for status, count in rows.tuples()}
+
+    def cancel(self, run_id: str) -> tuple[str | None, bool]:
+        """The status the run had, and whether this call cancelled it.
+
+        Only PENDING and RUNNING runs are cancelled: a final status, or one the
+        SPEC does not name, is left as it is.
+        """
+        for _ in range(3):
+            row = self.get_run(run_id)
+            if row is None:
+                return None, False
+            before = str(row.status)
+            if before not in (RunStatus.PENDING, RunStatus.RUNNING):
+                return before, False
+            # PENDING -> CANCELLED, RUNNING -> CANCELLED (the client's move)
+            if self.transition(run_id, before, RunStatus.CANCELLED):
+                return before, True
+        return before, False
+
+    # --- lookups for the command line (ids by prefix, filtered lists, run dir) --
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids that start with `prefix` (case as given), sorted, at most `limit`."""
+        query = (
+            select(runs.c.id)
+            .where(func.substr(runs.c.id, 1, len(prefix)) == prefix)
+            .order_by(runs.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def get_runs(self, run_ids: Iterable[str]) -> dict[str, Row[Any]]:
+        """The rows of those ids that still exist, by id."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            return {row.id: row for row in conn.execute(select(runs).where(runs.c.id.in_(ids)))}
+
+    def select_runs(
+        self, statuses: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[Row[Any]]:
+        """Runs newest first; only those with one of `statuses` when given."""
+        query = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+        if statuses is not None:
+            query = query.where(runs.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    def count_runs(self, statuses: Iterable[str] | None = None) -> int:
+        query = select(func.count()).select_from(runs)
+        if statuses is not None:
+            query = query.where(runs.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def run_outputs(self, run_id: str) -> list[tuple[str, datetime]]:
+        """The folders of a run's results (path, first seen), oldest first; none when no
+        daemon has made the table yet."""
+        if not inspect(self.engine).has_table(outputs.name):
+            return []
+        query = (select(outputs.c.path, outputs.c.first_seen)
+                 .where(outputs.c.run_id == run_id)
+                 .order_by(outputs.c.first_seen, outputs.c.path))
+        with self.engine.connect() as conn:
+            return [(str(row.path), row.first_seen) for row in conn.execute(query)]
+
+    def recorded_run_dir(self, run_id: str) -> str | None:
+        """The run directory the daemon recorded when it spawned the run, if any."""
+        query = select(claims.c.run_dir).where(claims.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return None if value is None else str(value)
