@@ -7,6 +7,7 @@ the source it came from (``from FUSION_RUNNER_X``, ``from --x``, ``from FILE``).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import shlex
@@ -25,6 +26,10 @@ DEFAULT_SIM_COMMAND: tuple[str, ...] = (
     "--progress-file", "{progress}", "--output-dir", "{output_dir}",
 )  # fmt: skip
 ENV_PREFIX = "FUSION_RUNNER_"
+# Where the TOML file is looked for when no --config names one (SPEC §8).
+CONFIG_ENV = "FUSION_RUNNER_CONFIG"
+SYSTEM_CONFIG = Path("/etc/fusion-runner/config.toml")
+log = logging.getLogger("fusion_runner")
 
 SHUTDOWN_MODES = ("detach", "terminate")
 PROGRESS_SOURCES = ("auto", "file", "log")
@@ -203,14 +208,45 @@ def _flag_layer(flags: Mapping[str, str]) -> dict[str, Any]:
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer = {}
     for var, text in sorted(environ.items()):
-        if not var.startswith(ENV_PREFIX):
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
             continue
         key = var.removeprefix(ENV_PREFIX).lower()
         if key not in _KEYS or var != ENV_PREFIX + key.upper():
+            # A variable of another version or a typo in a shell profile must
+            # not break every command: said once, then ignored.
             known = ", ".join(ENV_PREFIX + k.upper() for k in KEYS)
-            raise ConfigError(f"{var}: unknown environment variable (known: {known})")
+            log.warning("%s: unknown environment variable, ignored (known: %s, %s)",
+                        var, CONFIG_ENV, known)
+            continue
         layer[key] = _value(key, text, f"from {var}", _from_text)
     return layer
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The TOML file to read: --config, $FUSION_RUNNER_CONFIG, the user's, the system's.
+
+    The first two must exist (reading them reports it otherwise); the user's
+    ($XDG_CONFIG_HOME or ~/.config, then fusion-runner/config.toml) and the
+    system's are taken only where they are files. None: the defaults alone.
+    """
+    if explicit:
+        return Path(explicit)
+    if named := environ.get(CONFIG_ENV):
+        return Path(named)
+    home = environ.get("HOME") or os.path.expanduser("~")
+    user_dir = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    for candidate in (Path(user_dir) / "fusion-runner" / "config.toml", SYSTEM_CONFIG):
+        if _is_file(candidate):
+            return candidate
+    return None
+
+
+def _is_file(path: Path) -> bool:
+    # A HOME this user may not enter (sudo -u keeps the caller's) is no file here.
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _read_toml(name: str) -> dict[str, Any]:
@@ -255,7 +291,10 @@ def _default_text(key: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --config FILE and one flag per key; an unset flag stays None."""
-    parser.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    parser.add_argument(
+        "--config", metavar="FILE", default=None,
+        help=f"TOML configuration file (else ${CONFIG_ENV}, "
+             f"$XDG_CONFIG_HOME/fusion-runner/config.toml, {SYSTEM_CONFIG})")
     for key in KEYS:
         env = ENV_PREFIX + key.upper()
         text = f"{_KEYS[key].help} (env {env}; default: {_default_text(key)})"
@@ -266,6 +305,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
-    """load() with the flags set in namespace and namespace.config."""
+    """load() with the flags set in namespace and the file find_config_file chooses."""
+    environ = os.environ if environ is None else environ
     flags = {key: value for key in KEYS if (value := getattr(namespace, key, None)) is not None}
-    return load(flags, environ, getattr(namespace, "config", None))
+    return load(flags, environ, find_config_file(getattr(namespace, "config", None), environ))

@@ -286,9 +286,18 @@ def test_toml_table_is_an_unknown_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "var", ["FUSION_RUNNER_MAX_CONCURENT_RUNS", "FUSION_RUNNER_log_level", "FUSION_RUNNER_"]
 )
-def test_unknown_environment_variable(var: str) -> None:
-    message = error_of(environ={var: "1"})
-    assert message.startswith(f"{var}: unknown environment variable")
+def test_an_unknown_environment_variable_is_one_warning_and_ignored(
+    var: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = config.load(environ={var: "1", "FUSION_RUNNER_MAX_CONCURRENT_RUNS": "3"})
+    assert loaded.max_concurrent_runs == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{var}: unknown environment variable")
+
+
+def test_the_config_file_variable_is_not_a_setting() -> None:
+    assert config.load(environ={"FUSION_RUNNER_CONFIG": "/x.toml"}) == config.Config(
+        worker_id=config.load(environ={}).worker_id)
 
 
 def test_unknown_flag_key() -> None:
