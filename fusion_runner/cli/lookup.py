@@ -27,10 +27,9 @@ class UsageError(Exception):
 @contextlib.contextmanager
 def open_store(settings: config_module.Config) -> Iterator[Store]:
     try:
-        # The commands read none of the columns later versions added to the
-        # daemon's claims table: a user who may only read a database that no
-        # daemon has upgraded yet still gets answers.
-        store = Store.open(settings.database_url, upgrade_claims=False)
+        # Never created here (SPEC §8): a wrong path is one line naming it, not
+        # a new empty database that looks as if every run were gone.
+        store = clientdb.open_existing(settings.database_url)
     except ImportError as error:  # postgresql:// without the postgres extra
         raise ConfigError(
             f"database_url: {error.name or error} is not installed "

@@ -22,7 +22,7 @@ from fusion_runner.cli import show as show_module
 from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from fusion_runner.cli.lookup import MIN_PREFIX, UsageError
 from fusion_runner.core import config as config_module
-from fusion_runner.core.errors import ConfigError, SchemaError, UnknownRun
+from fusion_runner.core.errors import ConfigError, NoDatabase, SchemaError, UnknownRun
 from fusion_runner.core.store import Store
 
 Command = Callable[[argparse.Namespace, config_module.Config], int]
@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = config_module.from_args(args)
         command: Command = args.command
         return command(args, settings)
+    except NoDatabase as error:
+        # Not bad usage: the database is elsewhere (the configuration says
+        # where) or no daemon has run yet.
+        return fail(str(error), EXIT_FAILURE)
     except (ConfigError, SchemaError, UsageError) as error:
         return fail(str(error), EXIT_USAGE)
     except UnknownRun as error:

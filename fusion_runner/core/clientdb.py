@@ -19,7 +19,7 @@ from sqlalchemy.pool import QueuePool
 from fusion_runner.core import config as config_module
 from fusion_runner.core import rundir
 from fusion_runner.core.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
-from fusion_runner.core.errors import ConfigError, InvalidRun, SchemaError
+from fusion_runner.core.errors import ConfigError, InvalidRun, NoDatabase, SchemaError
 from fusion_runner.core.models import RUNS_COLUMNS
 from fusion_runner.core.schema import runs
 from fusion_runner.core.status import FINAL_STATUSES
@@ -75,7 +75,7 @@ def _engine(database_url: str) -> Engine:
             raise ConfigError(f"database_url: {database_url!r} is not sqlite:/// or postgresql://")
         return make_engine(database_url)  # a server never creates a database on connect
     if not path.is_file():
-        raise ConfigError(
+        raise NoDatabase(
             f"database_url: {path} does not exist; the fusion-runner daemon creates it "
             "(start it once with this database_url)"
         )

@@ -18,6 +18,10 @@ class SchemaError(FusionRunnerError):
     """The database's `runs` table does not match the contract."""
 
 
+class NoDatabase(ConfigError):
+    """The database does not exist yet: only the daemon creates it (SPEC §8)."""
+
+
 class InvalidRun(FusionRunnerError):
     """The run's row cannot be run as it stands."""
 

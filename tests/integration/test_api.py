@@ -134,7 +134,7 @@ def test_a_template_and_its_overrides_through_the_daemon(
 def test_the_client_never_creates_the_database(tmp_path: Path) -> None:
     database = tmp_path / "nested" / "runs.db"
     answer = api(database, "list")
-    assert answer["error"] == "ConfigError"
+    assert answer["error"] == "NoDatabase"
     assert f"{database} does not exist" in answer["message"]
     assert not database.exists() and not database.parent.exists()
 

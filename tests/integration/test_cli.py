@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.store import Store
 from tests.conftest import Client, Daemon, wait_until
 
 INI = """\
@@ -169,8 +170,20 @@ def test_submit_inserts_a_pending_run_that_the_daemon_completes(
             assert line in written
 
 
+def test_a_client_command_never_creates_the_database(tmp_path: Path, ini_file: Path) -> None:
+    database = tmp_path / "data" / "runs.db"
+    for args in (("ls",), ("submit", str(ini_file))):
+        result = cli(database, *args, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"fusion-runner: database_url: {database} does not exist; the fusion-runner daemon "
+            "creates it (start it once with this database_url)"]
+    assert list(tmp_path.iterdir()) == [ini_file]
+
+
 def test_submit_with_overrides_prints_json(tmp_path: Path, ini_file: Path) -> None:
     database = tmp_path / "runs.db"
+    Store.open(f"sqlite:///{database}").close()  # as the daemon makes it
     result = cli(database, "submit", str(ini_file), "--json", "--template", "t.ini",
                  "--set", "general_settings.erlang_start=500",
                  "--set", "general_settings.thread_erlangs = True",
@@ -384,7 +397,7 @@ def test_cancel_running_pending_final_and_unknown(
 # --- errors ------------------------------------------------------------------------------
 
 
-def test_a_database_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_database_that_cannot_be_opened_is_one_line_naming_it(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database\n" * 200)
     blocked = tmp_path / "file"
@@ -399,9 +412,12 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path)
     )
 
     for result in results:
-        assert result.returncode == 2, result
         assert len(result.stderr.splitlines()) == 1
         assert result.stderr.startswith("fusion-runner: ")
+    # A file that is no database, a server that does not answer: configuration (2);
+    # a path where no database is: not there yet (1), named.
+    assert [result.returncode for result in results] == [2, 1, 2], results
+    assert f"{blocked}/sub/runs.db does not exist" in results[1].stderr
     assert no_traceback(*results)
 
 
