@@ -107,8 +107,11 @@ class Client:
 
     @classmethod
     def from_config(cls, config_file: str | os.PathLike[str] | None = None) -> Client:
-        """A client of the database the CLI would use: environment > TOML file > defaults."""
-        settings = config_module.load(config_file=config_file)
+        """A client of the database the CLI would use: environment > TOML file > defaults,
+        the file found as the CLI finds it (`config.find_config_file`)."""
+        explicit = None if config_file is None else os.fspath(config_file)
+        found = config_module.find_config_file(explicit, os.environ)
+        settings = config_module.load(config_file=found)
         return cls.open(settings.database_url, runs_dir=settings.runs_dir)
 
     def close(self) -> None:

@@ -206,3 +206,15 @@ def test_from_config_reads_the_database_url_as_the_cli_does(
     monkeypatch.setenv("FUSION_RUNNER_DATABASE_URL", f"sqlite:///{database}")
     with Client.from_config() as client:
         assert client.get(run_id).template == "minimal"
+
+
+def test_from_config_finds_the_file_the_cli_finds(
+    database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "xdg" / "fusion-runner" / "config.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text(f'database_url = "sqlite:///{database}"\nruns_dir = "{tmp_path}/found"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("FUSION_RUNNER_CONFIG", raising=False)
+    with Client.from_config() as client:
+        assert client.runs_dir == tmp_path / "found"
