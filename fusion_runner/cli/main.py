@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from fusion_runner import __version__
 from fusion_runner.cli import commands
 from fusion_runner.cli import show as show_module
 from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="fusion-runner", description="Run FUSION simulations from the runs table."
     )
+    parser.add_argument("--version", action="version", version=f"fusion-runner {__version__}")
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     def command(name: str, run: Command, text: str) -> argparse.ArgumentParser:
@@ -158,7 +160,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     # Run ids and other client text go into messages: escaped, they cannot split or forge a line.
-    logformat.install("%(asctime)s %(levelname)s %(message)s")
+    logformat.install()
     # watchdog logs every inotify event at DEBUG: noise, and a loop when the
     # daemon's own log file lies in the database's folder.
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 # C0 (newline, carriage return, tab, escape ...), DEL, C1 (U+0085 is a newline to some
@@ -35,8 +36,33 @@ class EscapingFormatter(logging.Formatter):
         return escape(super().formatMessage(record))
 
 
-def install(fmt: str, logger: logging.Logger | None = None) -> None:
-    """Format every handler of logger (the root logger by default) with fmt, escaped."""
-    formatter = EscapingFormatter(fmt)
+# sd-daemon(3) prefixes: journald reads them as the line's syslog priority.
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+               logging.CRITICAL: 2}
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+JOURNAL_FORMAT = "<%(priority)d>%(message)s"
+
+
+class JournalFormatter(EscapingFormatter):
+    """For stderr connected to journald: its priority, and no timestamp (journald has one)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.priority = _PRIORITIES.get(record.levelno, 6)
+        return super().formatMessage(record)
+
+
+def install(fmt: str | None = None, logger: logging.Logger | None = None,
+            environ: dict[str, str] | None = None) -> None:
+    """Format every handler of logger (the root logger by default), escaped.
+
+    Without `fmt`: journald's priority prefixes where systemd connected stderr
+    to the journal (JOURNAL_STREAM is set), else a timestamp and the level.
+    """
+    journal = "JOURNAL_STREAM" in (os.environ if environ is None else environ)
+    formatter: logging.Formatter
+    if fmt is None and journal:
+        formatter = JournalFormatter(JOURNAL_FORMAT)
+    else:
+        formatter = EscapingFormatter(fmt or PLAIN_FORMAT)
     for handler in (logger or logging.getLogger()).handlers:
         handler.setFormatter(formatter)

@@ -430,3 +430,11 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
     assert all(len(result.stderr.splitlines()) == 1 for result in results)
     assert "DONE" in results[2].stderr and "--limit" in results[3].stderr
     assert no_traceback(*results)
+
+
+def test_version_is_the_installed_packages(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = cli(tmp_path / "runs.db", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"fusion-runner {version('fusion-runner')}"

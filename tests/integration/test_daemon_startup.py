@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import Daemon, wait_until
 
 
 def daemon(
@@ -107,3 +111,16 @@ def test_table_made_by_the_daemon_has_the_gui_schema(tmp_path: Path) -> None:
     assert len(columns) == 15
     assert any("status" in name for name in indexes)
     assert journal == "wal"
+
+
+def test_under_journald_lines_carry_syslog_priorities(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """systemd sets JOURNAL_STREAM for a service whose stderr goes to the journal."""
+    daemon = daemon_factory().start(extra_env={"JOURNAL_STREAM": "8:12345"})
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)  # a warning to see
+    wait_until(lambda: "action=sighup_ignored" in daemon.log_text(), 10, "the SIGHUP warning")
+    lines = daemon.log_text().splitlines()
+    assert any(line.startswith("<6>action=ready ") for line in lines), lines
+    assert any(line.startswith("<4>action=sighup_ignored") for line in lines), lines

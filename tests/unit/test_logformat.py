@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
@@ -115,3 +116,27 @@ def test_install_defaults_to_the_root_logger() -> None:
         root.removeHandler(handler)
         for other, formatter in before.items():
             other.setFormatter(formatter)
+
+
+def test_under_journald_each_line_carries_its_priority_and_no_timestamp(
+    logger: logging.Logger,
+) -> None:
+    stream = io.StringIO()
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.setLevel(logging.DEBUG)
+    logformat.install(logger=logger, environ={"JOURNAL_STREAM": "8:1234"})
+    logger.debug("action=a")
+    logger.info("action=b")
+    logger.warning("action=c run=%s", "x\ny")
+    logger.error("action=d")
+    assert stream.getvalue().splitlines() == [
+        "<7>action=a", "<6>action=b", "<4>action=c run=x\\ny", "<3>action=d"]
+
+
+def test_elsewhere_each_line_has_a_timestamp_and_its_level(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    logger.addHandler(logging.StreamHandler(stream))
+    logformat.install(logger=logger, environ={})
+    logger.warning("action=c")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING action=c\n",
+                        stream.getvalue())
