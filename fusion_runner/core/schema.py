@@ -23,10 +23,10 @@ outputs = cast(Table, RunOutput.__table__)
 CREATE_ATTEMPTS = 3
 
 
-def ensure_schema(engine: Engine, *, upgrade_claims: bool = True) -> None:
-    """Create missing tables and, with `upgrade_claims`, add the columns an
-    earlier version's claims table lacks and the daemon's newer tables;
-    refuse a `runs` table that lacks a column (never altered: it is the GUI's)."""
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables, add the columns an earlier version's claims table
+    lacks; refuse a `runs` table that lacks a column (never altered: it is the
+    GUI's). The daemon's alone: clients open the database as it is (clientdb)."""
     try:
         inspector = inspect(engine)
         if inspector.has_table("runs"):
@@ -34,29 +34,26 @@ def ensure_schema(engine: Engine, *, upgrade_claims: bool = True) -> None:
             missing = [name for name in RUNS_COLUMNS if name not in present]
             if missing:
                 raise SchemaError(f"the runs table lacks column {missing[0]!r}")
-        # Without `upgrade_claims` (the client commands) a table the daemon
-        # alone writes is left missing, as a user who may only read needs.
-        _create_missing_tables(engine, None if upgrade_claims else [runs, claims])
-        for column in _missing_claim_columns(engine) if upgrade_claims else []:
+        _create_missing_tables(engine)
+        for column in _missing_claim_columns(engine):
             _add_claim_column(engine, column)
     except SQLAlchemyError as error:
         raise ConfigError(f"database_url: cannot open the database: {error}") from None
 
 
-def _create_missing_tables(engine: Engine, tables: list[Table] | None) -> None:
-    """CREATE TABLE for those missing, tolerant of another process (a second daemon,
-    a client command) creating one at the same moment."""
+def _create_missing_tables(engine: Engine) -> None:
+    """CREATE TABLE for those missing, tolerant of another daemon creating one at
+    the same moment."""
     for attempt in range(CREATE_ATTEMPTS):
         try:
-            Base.metadata.create_all(engine, tables=tables)
+            Base.metadata.create_all(engine)
             return
         except SQLAlchemyError:
             # "already exists", or SQLite's immediate "database is locked" for the
             # one of two connections that both turn a read into a write: look
             # again, and try again while a table is still missing.
             present = set(inspect(engine).get_table_names())
-            wanted = tables or Base.metadata.sorted_tables
-            if all(table.name in present for table in wanted):
+            if all(table.name in present for table in Base.metadata.sorted_tables):
                 return
             if attempt == CREATE_ATTEMPTS - 1:
                 raise

@@ -105,17 +105,17 @@ class Store(ClientVerbs):
         event.listen(engine, "after_cursor_execute", self._count_write)
 
     @classmethod
-    def open(cls, database_url: str, *, upgrade_claims: bool = True) -> Store:
+    def open(cls, database_url: str) -> Store:
         store = cls(make_engine(database_url))
-        store.ensure_schema(upgrade_claims=upgrade_claims)
+        store.ensure_schema()
         return store
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def ensure_schema(self, *, upgrade_claims: bool = True) -> None:
+    def ensure_schema(self) -> None:
         """See `schema.ensure_schema`: create what is missing, upgrade the daemon's tables."""
-        schema.ensure_schema(self.engine, upgrade_claims=upgrade_claims)
+        schema.ensure_schema(self.engine)
 
     def _count_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                      context: Any, executemany: bool) -> None:

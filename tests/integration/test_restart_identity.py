@@ -21,6 +21,7 @@ import pytest
 from fusion_runner.executors import procfs
 from tests.conftest import Client, Daemon, alive, wait_until
 from tests.legacy_schema import columns, downgrade_claims
+from tests.systemd_sandbox import skip_or_fail
 
 NEW_COLUMNS = ["process_start_ticks", "boot_id", "log_offset"]
 NOBODY = 65534
@@ -163,7 +164,7 @@ def test_a_daemon_that_cannot_see_a_live_run_refuses_to_start_and_leaves_it_runn
     shared_root: Path,
 ) -> None:
     if why := sandbox_unavailable():
-        pytest.skip(why)
+        skip_or_fail(why)
     daemon, sandboxed = Daemon(shared_root), SandboxedDaemon(shared_root)
     release = shared_root / "release"
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from fusion_runner.core import clientdb
 from fusion_runner.core.config import Config, sqlalchemy_url
 from fusion_runner.core.errors import CannotInspect
 from fusion_runner.core.rundir import RunPaths
@@ -209,7 +210,7 @@ def test_the_client_commands_leave_an_earlier_versions_claims_table_as_it_is(
 ) -> None:
     url = legacy_database(tmp_path / "legacy.db")
 
-    store = Store.open(url, upgrade_claims=False)
+    store = clientdb.open_existing(url)  # how the client commands open a database
     assert store.recorded_run_dir("0000000000a7") is None
     store.close()
 
