@@ -1,4 +1,10 @@
-"""Shared test helpers: a real daemon process, a real SQLite file, bounded waits."""
+"""Shared test helpers: a real daemon process, a real database, bounded waits.
+
+The database is a SQLite file in the test's tmp_path, unless the test uses the
+`backend` fixture (directly or through `pytest.mark.usefixtures("backend")`):
+then it runs once on SQLite and once on a fresh PostgreSQL database
+(tests/pgserver.py), with the same `daemon`, `client` and `daemon_factory`.
+"""
 
 from __future__ import annotations
 
@@ -49,10 +55,18 @@ def new_id() -> str:
 
 
 class Client:
-    """Talks to the runs table as the FUSION GUI does: plain SQL, nothing else."""
+    """Talks to the runs table as the FUSION GUI does: plain SQL, nothing else.
+
+    This one speaks SQLite to the file; tests/clients.py's PgClient has the
+    same methods for PostgreSQL.
+    """
 
     def __init__(self, database: Path) -> None:
         self.database = database
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.database}"
 
     def connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.database, timeout=10, isolation_level=None)
@@ -91,6 +105,19 @@ class Client:
         with self.connect() as connection:
             query = "SELECT COUNT(*) FROM runs WHERE status = ?"
             return int(connection.execute(query, (status,)).fetchone()[0])
+
+    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
+        """Any statement, `?` placeholders; datetimes are written as the GUI writes them."""
+        values = tuple(utc_text(v) if isinstance(v, datetime) else v for v in params)
+        with self.connect() as connection:
+            connection.execute(statement, values)
+
+    def pgids(self) -> list[int]:
+        if not self.database.exists():
+            return []
+        with self.connect() as connection:
+            rows = connection.execute("SELECT pgid FROM runs WHERE pgid IS NOT NULL").fetchall()
+        return [int(pgid) for (pgid,) in rows]
 
     def wait_status(self, run_id: str, *statuses: str, timeout: float = 15.0) -> sqlite3.Row:
         def reached() -> sqlite3.Row | None:
@@ -135,7 +162,24 @@ class Daemon:
 
     @property
     def database(self) -> Path:
+        """The SQLite file (meaningless when `url` is a PostgreSQL one)."""
         return self.root / "runs.db"
+
+    @property
+    def url(self) -> str:
+        return self.settings.get("database-url") or f"sqlite:///{self.database}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")
+
+    def client(self) -> Client:
+        """A client of this daemon's database, SQLite or PostgreSQL."""
+        if not self.is_postgres:
+            return Client(self.database)
+        from tests.clients import PgClient
+
+        return PgClient(self.url)
 
     @property
     def runs_dir(self) -> Path:
@@ -148,7 +192,7 @@ class Daemon:
 
     def argv(self) -> list[str]:
         options = {
-            "database-url": f"sqlite:///{self.database}",
+            "database-url": self.url,
             "runs-dir": str(self.runs_dir),
             "sim-command": f"{{python}} {SIM}",
             "stop-grace-seconds": "2",
@@ -200,12 +244,12 @@ class Daemon:
             for run_dir in self.runs_dir.iterdir():
                 for pid in pids_of_run(run_dir):
                     kill_quietly(pid)
-        if self.database.exists():
-            with sqlite3.connect(self.database) as connection:
-                rows = connection.execute("SELECT pgid FROM runs WHERE pgid IS NOT NULL")
-                for (pgid,) in rows.fetchall():
-                    with contextlib.suppress(OSError):
-                        os.killpg(pgid, signal.SIGKILL)
+        pgids: list[int] = []
+        with contextlib.suppress(Exception):  # no table, or a server that is down
+            pgids = self.client().pgids()
+        for pgid in pgids:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
 
 
 def kill_quietly(pid: int) -> None:
@@ -213,12 +257,37 @@ def kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database of the test's daemons: a SQLite file, then a fresh PostgreSQL database.
 
-    def make(**settings: str) -> Daemon:
-        daemon = Daemon(tmp_path, {key.replace("_", "-"): value for key, value in settings.items()})
+    A test (or module, with `pytest.mark.usefixtures("backend")`) that uses it
+    runs on both; `daemon_factory` reads it. One about SQLite itself narrows
+    it with `SQLITE_ONLY`.
+    """
+    return str(request.param)
+
+
+# Narrows a test of a module that uses `backend` to SQLite (the file, WAL, flock).
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def daemon_factory(request: pytest.FixtureRequest,
+                   tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """make(root=None, **settings): a Daemon, not started; `root` for a host of its own."""
+    made: list[Daemon] = []
+    url: str | None = None
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "postgres":
+        url = str(request.getfixturevalue("pg_url"))  # dropped after this fixture's teardown
+
+    def make(root: Path | None = None, **settings: str) -> Daemon:
+        options = {key.replace("_", "-"): value for key, value in settings.items()}
+        if url is not None:
+            options.setdefault("database-url", url)
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        daemon = Daemon(root or tmp_path, options)
         made.append(daemon)
         return daemon
 
@@ -234,4 +303,4 @@ def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
 
 @pytest.fixture
 def client(daemon: Daemon) -> Client:
-    return Client(daemon.database)
+    return daemon.client()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion_runner.core import outcome
+from fusion_runner.core.config import Config
 from fusion_runner.core.rundir import RunPaths
 from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import OwnedRun
@@ -148,6 +149,8 @@ class FakeExecutor:
     def release(self, handle: RunHandle) -> None:
         self.released.append(_fake(handle).run_id)
 
+    def reconfigure(self, config: Config) -> None: ...
+
 
 def _fake(handle: RunHandle) -> FakeRun:
     assert isinstance(handle, FakeRun)
@@ -167,6 +170,7 @@ class FakeWakeups:
         woken, self.queued = self.queued, []
         return woken
 
+    def put(self, wakeup: Wakeup) -> None: ...
     def catch_stop_signals(self, on_stop: Callable[[], None]) -> None: ...
     def watch_database(self, database_file: Path) -> None: ...
     def rearm_database(self) -> None: ...

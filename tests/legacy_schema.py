@@ -64,6 +64,9 @@ def downgrade_claims(connection: sqlite3.Connection) -> None:
     connection.execute(f"INSERT INTO fusion_runner_claims ({LEGACY_CLAIMS_COLUMNS}) "
                        f"SELECT {LEGACY_CLAIMS_COLUMNS} FROM claims_before")
     connection.execute("DROP TABLE claims_before")
+    # An earlier version had no schema version and no workers table either.
+    connection.execute("DROP TABLE IF EXISTS fusion_runner_schema")
+    connection.execute("DROP TABLE IF EXISTS fusion_runner_workers")
 
 
 def columns(connection: sqlite3.Connection, table: str) -> list[str]:

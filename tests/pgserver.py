@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,10 @@ class PgServer:
     root: Path
     port: int
     user: str
+    bindir: Path
+    data: Path
+    uid: int
+    gid: int
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -64,6 +68,30 @@ class PgServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
+
+    def start(self) -> None:
+        """Start the stopped cluster again, on the same port; return once it accepts connections."""
+        if self.process.poll() is None:
+            return
+        self.process = start_postmaster(self.bindir, self.root, self.data, self.uid, self.gid,
+                                        self.port)
+        if not started(self, self.bindir):
+            raise RuntimeError(f"postgres did not come back on port {self.port}:\n"
+                               f"{self.log_text()[-4000:]}")
+
+    def restart(self, while_down: Callable[[], object] | None = None) -> None:
+        """What `pg_ctl restart -m fast` does: every session is cut, the same cluster comes back.
+
+        `while_down` runs between the stop and the start, to make things happen
+        during the outage. The server is the session's: tests run serially, and
+        a test that restarts it leaves it running, on the same port.
+        """
+        self.stop()
+        try:
+            if while_down is not None:
+                while_down()
+        finally:
+            self.start()
 
 
 def server_bindir() -> Path:
@@ -165,7 +193,7 @@ def start_server() -> PgServer:
         for _attempt in range(3):
             port = free_port()
             postmaster = start_postmaster(bindir, root, data, uid, gid, port)
-            server = PgServer(postmaster, root, port, user)
+            server = PgServer(postmaster, root, port, user, bindir, data, uid, gid)
             if started(server, bindir):
                 return server
         raise Unavailable(f"postgres exited at start:\n{server.log_text()}")

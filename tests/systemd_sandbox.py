@@ -213,8 +213,13 @@ class Service:
         lines = text.splitlines()
         return lines if since_start else lines[self.journal_from:]
 
-    def journal(self) -> str:
-        return "\n".join(self.journal_lines())
+    def journal(self, priority: str | None = None) -> str:
+        """This test's journal lines; with `priority`, every line of the unit at least that
+        urgent (`journalctl -p`), as an administrator filters them."""
+        if priority is None:
+            return "\n".join(self.journal_lines())
+        return inside("journalctl", "-u", UNIT, "-p", priority, "--no-pager", "-o", "cat",
+                      check=False)
 
     def cgroup_pids(self) -> list[int]:
         """Live (not zombie) processes of the service's cgroup, as host pids."""

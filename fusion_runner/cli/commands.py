@@ -1,4 +1,4 @@
-"""The client commands: submit, ls, logs, cancel, watch (SPEC §9; `show` has its own module).
+"""The client commands: submit, logs, watch (SPEC §9; `ls`, `show` and `cancel` have modules).
 
 Each takes the parsed arguments and the configuration and returns the exit
 status; a problem is raised (UsageError, UnknownRun, ...) and `cli.main`
@@ -10,24 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from fusion_runner.cli import lookup, simlog, view, watch
-from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from fusion_runner.cli import lookup, simlog, watch
+from fusion_runner.cli.exitcodes import EXIT_INTERRUPTED, EXIT_OK
 from fusion_runner.cli.lookup import UsageError
 from fusion_runner.core import config as config_module
 from fusion_runner.core import inifile, runconfig, rundir
-from fusion_runner.core.clock import utcnow
 from fusion_runner.core.errors import InvalidRun, UnknownRun
 from fusion_runner.core.status import RunStatus
 
-WIDTH = 80
 MAX_NAME, MAX_TEMPLATE = 255, 100  # String(255), String(100) of SPEC §1
 
 
@@ -79,7 +73,7 @@ def apply_setting(config: dict[str, dict[str, object]], assignment: str) -> None
     config.setdefault(section, {})[key.strip()] = inifile.ini_value(text.strip())
 
 
-# --- ls ----------------------------------------------------------------------------------
+# --- ls's --status (the command is listing.py's) ------------------------------------
 
 
 def status_list(text: str) -> list[str]:
@@ -93,54 +87,12 @@ def status_list(text: str) -> list[str]:
     return statuses
 
 
-def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
-    statuses = sorted({s for group in args.status for s in group}) if args.status else None
-    limit = args.limit or None
-    with lookup.open_store(settings) as store:
-        rows = store.select_runs(statuses, limit)
-        total = store.count_runs(statuses) if limit is not None and len(rows) == limit else 0
-    if args.json:
-        print_json([view.row_json(row) for row in rows])
-        return EXIT_OK
-    out = console()
-    if not rows:
-        out.print("no runs" + (f" with status {', '.join(statuses)}" if statuses else ""))
-        return EXIT_OK
-    out.print(ls_table(rows, utcnow(), out.width))
-    if total > len(rows):
-        out.print(Text(f"{len(rows)} of {total} runs; --limit 0 lists them all", style="dim"))
-    return EXIT_OK
-
-
-def ls_table(rows: list[Any], now: datetime, width: int = WIDTH) -> Table:
-    """id, name, status, progress, started, duration, error's first line; fits 80 columns."""
-    table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True, min_width=12)
-    # Names get what an 80-column terminal can spare, and half of any extra width.
-    name_width = 14 + max(0, width - WIDTH) // 2
-    table.add_column("NAME", no_wrap=True, overflow="ellipsis", max_width=name_width)
-    table.add_column("STATUS", no_wrap=True, min_width=9)
-    table.add_column("DONE", no_wrap=True, justify="right", min_width=4)
-    table.add_column("STARTED", no_wrap=True, min_width=11)
-    table.add_column("TIME", no_wrap=True, justify="right", min_width=6)
-    table.add_column("ERROR", no_wrap=True, overflow="ellipsis", min_width=10)
-    for row in rows:
-        error = (row.error_message or "").strip().splitlines()
-        snapshot = view.Snapshot.of(row)
-        table.add_row(
-            Text(row.id), Text(row.name or ""), view.status_text(row.status),
-            Text(view.percent_text(snapshot)), Text(view.local_time(row.started_at, "%m-%d %H:%M")),
-            Text(view.duration(view.elapsed_seconds(row, now))),
-            Text(error[0] if error else "", style="red"),
-        )  # fmt: skip
-    return table
-
-
-# --- logs, cancel, watch --------------------------------------------------------------
+# --- logs, watch (cancel has its module) ---------------------------------------------
 
 
 def cmd_logs(args: argparse.Namespace, settings: config_module.Config) -> int:
-    with lookup.open_store(settings) as store:
+    # -f is ended by Ctrl-C: within a second, even in a wait for the database.
+    with watch.CtrlC(), lookup.open_store(settings) as store:
         run_id = lookup.resolve(store, args.id)
 
         def log_path() -> Path:
@@ -153,53 +105,36 @@ def cmd_logs(args: argparse.Namespace, settings: config_module.Config) -> int:
 
         path = log_path()
         if args.follow:
-            simlog.follow(store, run_id, log_path, sys.stdout.buffer)
+            # With -n, like `tail -n N -f`: the last lines, then what comes.
+            start = 0 if args.lines is None else simlog.tail_offset(path, args.lines)
+            simlog.follow(store, run_id, log_path, sys.stdout.buffer, offset=start)
             return EXIT_OK
-        row = store.get_run(run_id)
-    if not path.exists():
-        status = row.status if row is not None else "deleted"
-        raise UnknownRun(f"run {run_id} ({status}) has no log at {path}")
-    simlog.copy_from(path, 0, sys.stdout.buffer)
-    return EXIT_OK
-
-
-def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
-    status = EXIT_OK
-    with lookup.open_store(settings) as store:
-        resolved: list[str | UnknownRun] = []
-        for given in args.ids:  # all looked up first: a bad usage cancels nothing
-            try:
-                resolved.append(lookup.resolve(store, given))
-            except UnknownRun as error:
-                resolved.append(error)
-        done: set[str] = set()
-        for item in resolved:
-            if isinstance(item, UnknownRun):
-                print(f"fusion-runner: {item}", file=sys.stderr)
-                status = EXIT_FAILURE
-                continue
-            if item in done:
-                continue
-            done.add(item)
-            before, changed = store.cancel(item)
-            if before is None:
-                print(f"fusion-runner: no run with id {item!r}", file=sys.stderr)
-                status = EXIT_FAILURE
-            elif changed:
-                print(f"{item}: {before} -> {RunStatus.CANCELLED}")
-            else:
-                print(f"{item}: already {before}, nothing changed")
-    return status
+        if not path.exists():
+            row = store.get_run(run_id)
+            status = row.status if row is not None else "deleted"
+            raise UnknownRun(f"run {run_id} ({status}) has no log at {path}")
+        if args.lines is None:
+            simlog.copy_from(path, 0, sys.stdout.buffer)
+        else:
+            simlog.copy_last_lines(path, args.lines, sys.stdout.buffer)
+        return EXIT_OK
+    return EXIT_INTERRUPTED
 
 
 def cmd_watch(args: argparse.Namespace, settings: config_module.Config) -> int:
+    if args.json and not args.once:
+        raise UsageError("watch --json needs --once (there is no live JSON output)")
     out = console()
-    with lookup.open_store(settings) as store:
+    live = out.is_terminal and not out.is_dumb_terminal and not args.once
+    with (watch.CtrlC("stopped watching; the runs go on", watch.SHOW_CURSOR if live else b""),
+          lookup.open_store(settings) as store):
         ids = [lookup.resolve(store, given) for given in args.ids] or None
         if ids is not None:
             ids = list(dict.fromkeys(ids))
-        try:
-            return watch.run(store, ids, out)
-        except KeyboardInterrupt:
-            print("stopped watching; the runs go on", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        if args.json:
+            print_json(watch.once_json(store, ids))
+            return EXIT_OK
+        if args.once:
+            return watch.once(store, ids, out)
+        return watch.run(store, ids, out)
+    return EXIT_INTERRUPTED

@@ -18,8 +18,11 @@ from typing import NoReturn
 from sqlalchemy.exc import SQLAlchemyError
 
 from fusion_runner import __version__
-from fusion_runner.cli import commands
+from fusion_runner.cli import cancel as cancel_module
+from fusion_runner.cli import commands, completion, effective_config
+from fusion_runner.cli import listing as listing_module
 from fusion_runner.cli import show as show_module
+from fusion_runner.cli import workers as workers_module
 from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from fusion_runner.cli.lookup import MIN_PREFIX, UsageError
 from fusion_runner.core import config as config_module
@@ -32,15 +35,19 @@ ID_HELP = f"a run id, or any unique prefix of at least {MIN_PREFIX} characters"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    completion.autocomplete(parser)
     args = parser.parse_args(argv)
+    resolved: config_module.Resolved | None = None
     try:
-        settings = config_module.from_args(args)
+        # demo and completion read no settings: a broken configuration must not stop them.
+        resolved = config_module.resolve_args(args) if args.uses_settings else None
         command: Command = args.command
-        return command(args, settings)
+        return command(args, resolved.config if resolved else config_module.Config())
     except NoDatabase as error:
         # Not bad usage: the database is elsewhere (the configuration says
         # where) or no daemon has run yet.
-        return fail(str(error), EXIT_FAILURE)
+        origin = f" ({resolved.origin('database_url')})" if resolved else ""
+        return fail(f"{error}{origin}", EXIT_FAILURE)
     except (ConfigError, SchemaError, UsageError) as error:
         return fail(str(error), EXIT_USAGE)
     except UnknownRun as error:
@@ -83,20 +90,37 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = Parser(add_help=False)
-    config_module.add_arguments(common)
+    client_settings = Parser(add_help=False)
+    config_module.add_arguments(client_settings, config_module.CLIENT_KEYS)
+    all_settings = Parser(add_help=False)
+    config_module.add_arguments(all_settings)
+    daemon_only = set(config_module.KEYS) - set(config_module.CLIENT_KEYS)
     parser = Parser(
-        prog="fusion-runner", description="Run FUSION simulations from the runs table."
-    )
+        prog="fusion-runner", description="Run FUSION simulations from the runs table.",
+        epilog="Settings may come before or after the command; "
+               "`fusion-runner daemon --help` lists the daemon's.",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"fusion-runner {__version__}")
+    config_module.add_arguments(parser, hidden=daemon_only)
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Command, text: str) -> argparse.ArgumentParser:
-        sub = subparsers.add_parser(name, parents=[common], help=text, description=text)
-        sub.set_defaults(command=run)
+    def command(
+        name: str, run: Command, text: str, settings: Parser = client_settings
+    ) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(name, parents=[settings], help=text, description=text)
+        sub.set_defaults(command=run, uses_settings=True)
         return sub
 
-    command("daemon", cmd_daemon, "run the daemon in the foreground")
+    command("daemon", cmd_daemon, "run the daemon in the foreground", all_settings)
+    effective = command("config", effective_config.cmd_config,
+                        "print the effective settings and where each comes from", all_settings)
+    effective.add_argument("--json", action="store_true", help="a JSON object")
+    shell_text = "print a shell completion script (bash, zsh or fish)"
+    shells = subparsers.add_parser("completion", help=shell_text, description=shell_text,
+                                   epilog=completion.HOW_TO_INSTALL,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    shells.add_argument("shell", choices=completion.SHELLS)
+    shells.set_defaults(command=completion.cmd_completion, uses_settings=False)
 
     submit = command("submit", commands.cmd_submit, "queue a run from an INI file; print its id")
     submit.add_argument("ini", metavar="CONFIG.ini", type=Path)
@@ -106,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="set or override one value of the INI file (repeatable)")
     submit.add_argument("--json", action="store_true", help='print {"id": ...}')
 
-    ls = command("ls", commands.cmd_ls, "list runs, newest first")
+    ls = command("ls", listing_module.cmd_ls, "list runs, newest first")
     ls.add_argument("--status", action="append", type=commands.status_list, metavar="S",
                     help="only runs with this status (repeatable, or S1,S2)")
     ls.add_argument("--limit", type=non_negative, default=50, metavar="N",
@@ -118,23 +142,47 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID", help=ID_HELP)
     show.add_argument("--json", action="store_true", help="a JSON object")
 
+    workers = command("workers", workers_module.cmd_workers,
+                      "the daemons sharing the database: host, heartbeat, runs; alive or not",
+                      workers_module.settings_parser(Parser))
+    workers.add_argument("--json", action="store_true", help="a JSON list of workers")
+
     logs = command("logs", commands.cmd_logs, "print a run's sim.log")
     logs.add_argument("id", metavar="ID", help=ID_HELP)
     logs.add_argument("-f", "--follow", action="store_true",
-                      help="keep printing as it grows, until the run ends")
+                      help="keep printing as it grows, until the run ends (Ctrl-C: exit 130)")
+    logs.add_argument("-n", "--lines", type=non_negative, metavar="N",
+                      help="only the last N lines (with -f: then follow, as tail -n N -f)")
 
-    cancel = command("cancel", commands.cmd_cancel, "cancel pending or running runs")
-    cancel.add_argument("ids", nargs="+", metavar="ID", help=ID_HELP)
+    cancel = command("cancel", cancel_module.cmd_cancel, "cancel pending or running runs")
+    cancel.description = cancel_module.HELP
+    cancel.add_argument("ids", nargs="*", metavar="ID",
+                        help=f"{ID_HELP} (or select runs with --status/--name, not both)")
+    cancel.add_argument("--status", action="append", type=commands.status_list, metavar="S",
+                        help="the PENDING or RUNNING runs with this status (repeatable, or S1,S2)")
+    cancel.add_argument("--name", metavar="GLOB",
+                        help="the PENDING or RUNNING runs whose name matches this shell-style "
+                             "pattern (*, ?, [seq]; case-sensitive; quote it)")
+    cancel.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask before cancelling what --status/--name select")
+    cancel.add_argument("--json", action="store_true",
+                        help='a JSON list of {"id", "before", "cancelled"}; never asks, so '
+                             "on a terminal a filter needs --yes")
 
     watch = command("watch", commands.cmd_watch,
                     "live progress bars until the runs end (exit 0 if all COMPLETED)")
     watch.add_argument("ids", nargs="*", metavar="ID",
                        help=f"{ID_HELP} (default: every active run)")
+    watch.add_argument("--once", action="store_true",
+                       help="print the table as it is now and exit 0")
+    watch.add_argument("--json", action="store_true",
+                       help="only with --once: a JSON list of the runs "
+                            "(as ls --json, plus percent)")
 
     demo = subparsers.add_parser("demo", help="run three small simulations end to end")
     demo.add_argument("--dir", type=Path, default=Path("data/demo"),
                       help="folder for the demo's database and runs (default: data/demo)")
-    demo.set_defaults(command=cmd_demo)
+    demo.set_defaults(command=cmd_demo, uses_settings=False)
     return parser
 
 
@@ -172,7 +220,8 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         # second daemon of this worker_id would start its runs a second time.
         with worker_lock.acquire(settings.database_url, settings.worker_id):
             executor = LocalExecutor.from_config(settings)
-            return Supervisor(settings, store, executor, notifier=Notifier()).run()
+            return Supervisor(settings, store, executor, notifier=Notifier(),
+                              read_config=lambda: config_module.from_args(args)).run()
     except (AlreadyRunning, CannotInspect) as error:
         # Neither goes away by restarting: a usage status, which a service
         # manager can be told not to restart on (RestartPreventExitStatus=2).

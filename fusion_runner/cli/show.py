@@ -1,8 +1,9 @@
 """`fusion-runner show ID`: every column of a run, its directory, exit record and log's end.
 
 As text, folded to 80 columns; with --json, one object: the SPEC §1 columns
-under their own names (timestamps in ISO 8601), plus `run_dir`, `exit_record`
-and `outputs` (the folders outside the run folder where the simulation wrote
+under their own names (timestamps in ISO 8601), plus `worker_id` (the daemon
+that claimed the run last, null if none did), `run_dir`, `exit_record` and
+`outputs` (the folders outside the run folder where the simulation wrote
 results, as FUSION's log named them, each with its link in the run folder).
 """
 
@@ -35,17 +36,19 @@ def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
         row = store.get_run(run_id)
         paths = lookup.run_paths(store, settings, run_id)
         found = run_outputs(store.run_outputs(run_id), paths)
+        worker = store.worker_of(run_id)
     if row is None:
         raise UnknownRun(f"no run with id {args.id!r}")
     record = exitrecord.read(paths.exit_record) if paths is not None else None
     if args.json:
         print(json.dumps(view.row_json(row) | {
+            "worker_id": worker,
             "run_dir": None if paths is None else str(paths.run_dir),
             "exit_record": None if record is None else exit_json(record),
             "outputs": found,
         }, indent=2))  # fmt: skip
     else:
-        print("\n".join(text_lines(row, paths, record, found)))
+        print("\n".join(text_lines(row, paths, record, found, worker)))
     return EXIT_OK
 
 
@@ -62,9 +65,11 @@ def run_outputs(
 
 
 def text_lines(row: Any, paths: rundir.RunPaths | None, record: outcome.ExitRecord | None,
-               found: list[dict[str, Any]] | None = None) -> list[str]:
+               found: list[dict[str, Any]] | None = None, worker: str | None = None
+               ) -> list[str]:
     lines = [field(column, value_text(getattr(row, column)))
              for column in RUNS_COLUMNS if column not in BLOCKS or getattr(row, column) is None]
+    lines.append(field("worker", worker or "-"))
     lines.append(field("run_dir", str(paths.run_dir) if paths is not None else "-"))
     lines.append(field("exit", exit_text(record)))
     for output in found or []:  # one line each, so that a folded path is told apart

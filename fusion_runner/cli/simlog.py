@@ -1,6 +1,8 @@
 """A run's sim.log: all of it, its last lines, or followed until the run ends.
 
 The log is copied as bytes, so whatever the simulation wrote comes out unchanged.
+A line is what ends with a newline (b"\n"), as for `tail`; an unfinished last
+line counts as one.
 """
 
 from __future__ import annotations
@@ -36,12 +38,57 @@ def copy_from(path: Path, offset: int, out: BinaryIO) -> int:
     return offset
 
 
+def line_start(log: BinaryIO, count: int) -> int:
+    """Where the last `count` lines of the open file begin: 0 if it has no more lines, its
+    size for 0 lines. Read backwards from the end, a CHUNK at a time."""
+    end = log.seek(0, os.SEEK_END)
+    if count <= 0:
+        return end
+    position, found = end, 0
+    stop = None  # the search's end within the next chunk read: before a final newline
+    while position > 0:
+        size = min(CHUNK, position)
+        position -= size
+        log.seek(position)
+        chunk = log.read(size)
+        if stop is None:  # the last chunk: a newline that ends the file starts no line
+            stop = len(chunk) - 1 if chunk.endswith(b"\n") else len(chunk)
+        while (stop := chunk.rfind(b"\n", 0, stop)) >= 0:
+            found += 1
+            if found == count:
+                return position + stop + 1
+        stop = CHUNK  # the whole of the chunk before
+    return 0
+
+
+def tail_offset(path: Path, count: int) -> int:
+    """line_start of the log at `path`; 0 if there is none (yet)."""
+    try:
+        with open(path, "rb") as log:
+            return line_start(log, count)
+    except FileNotFoundError:
+        return 0
+
+
+def copy_last_lines(path: Path, count: int, out: BinaryIO) -> None:
+    """The last `count` lines of the log, byte for byte, ending with a newline (one
+    is added after an unfinished last line). FileNotFoundError if there is no log."""
+    last = b"\n"
+    with open(path, "rb") as log:
+        log.seek(line_start(log, count))
+        while chunk := log.read(CHUNK):
+            out.write(chunk)
+            last = chunk[-1:]
+    if last != b"\n":
+        out.write(b"\n")
+    out.flush()
+
+
 def follow(
     store: Store, run_id: str, log_path: Callable[[], Path], out: BinaryIO,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = time.sleep, offset: int = 0,
 ) -> None:
-    """Copy the log as it grows until the run has ended (or its row is gone)."""
-    offset = 0
+    """Copy the log from `offset` as it grows until the run has ended (or its row is gone)."""
     while True:
         # Whether it has ended is read before the copy, so the last copy holds
         # everything written up to the end.

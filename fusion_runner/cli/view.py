@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fusion_runner.core.models import RUNS_COLUMNS
+from fusion_runner.core.outcome import ExitRecord
 from fusion_runner.core.status import RunStatus, is_final
 
 DELETED = "DELETED"  # shown for a watched run whose row was deleted; no status of the table
@@ -254,3 +255,44 @@ def progress_bar(row: Snapshot) -> ProgressBar:
     style = BAR_STYLES.get(row.status, "cyan")
     return ProgressBar(total=1.0, completed=row.fraction or 0.0,
                        complete_style=style, finished_style="green")
+
+
+# --- what an ended run used, and where a pending one stands (`ls`) ----------------------
+
+
+def usage_of(record: ExitRecord | None) -> tuple[float | None, int | None]:
+    """CPU seconds (user + system, the simulation's children included) and peak RSS in
+    bytes from the shim's exit record; both None when nothing was measured: no record,
+    or none of the simulation's processes was reaped (it could not start)."""
+    if record is None or record.max_rss_kib <= 0:
+        return None, None
+    return record.cpu_seconds, record.max_rss_kib * 1024  # ru_maxrss is in KiB on Linux
+
+
+def cpu_text(seconds: float | None) -> str:
+    """CPU time as `duration` shows times; `<0.1s` for a little that would read as 0.0s."""
+    if seconds is not None and 0 < seconds < 0.05:
+        return "<0.1s"
+    return duration(seconds)
+
+
+def memory_text(size: int | None) -> str:
+    """Bytes as `ps` and `sacct` show memory, 1024-based, at most 5 characters:
+    `512B`, `900K`, `9.5M`, `512M`, `1.2G`; `-` when unknown."""
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size}B"
+    value = size / 1024
+    for unit in "KMGT":
+        if value < 9.95:
+            return f"{value:.1f}{unit}"
+        if value < 1023.5:
+            return f"{value:.0f}{unit}"
+        value /= 1024
+    return f"{value:.1f}P" if value < 9.95 else f"{value:.0f}P"
+
+
+def queue_text(position: int | None) -> str:
+    """A pending run's place in the daemon's queue: `#1` is the run it starts next."""
+    return "-" if position is None else f"#{position}"

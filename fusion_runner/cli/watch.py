@@ -2,15 +2,23 @@
 
 It reads only the `runs` table, a poll every POLL_SECONDS, so it follows runs
 of any host and changes nothing: Ctrl-C stops the watching, never a run.
-`Display` is also what `demo` draws with.
+`--once` prints the table (or, with `--json`, the rows) once and exits.
+`Display` is also what `demo` draws with; `CtrlC` is how `watch` and `logs -f`
+end within a second of a Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -18,12 +26,117 @@ from rich.table import Table
 from rich.text import Text
 
 from fusion_runner.cli import view
-from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_OK
+from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.status import ACTIVE_STATUSES, RunStatus
 from fusion_runner.core.store import Store
 
 POLL_SECONDS = 0.2
+# After a Ctrl-C: how long the command has to end on its own, then the process to exit.
+GRACE_SECONDS = 0.5
+EXIT_SECONDS = 0.4
+SHOW_CURSOR = b"\x1b[?25h"  # what `Live` hides on a terminal and gives back when stopped
+
+
+class CtrlC:
+    """A block that Ctrl-C ends within about GRACE_SECONDS, whatever it is doing.
+
+    Python acts on a signal only between two bytecodes of the main thread, so
+    a Ctrl-C that comes while the main thread waits inside a C call waits with
+    it. The client's SQLite waits so: its busy handler sleeps inside sqlite3_step
+    for up to the busy timeout (10 s) while another connection holds a lock
+    (a writer of a database not in WAL mode, an exclusive locking mode), and a
+    WAL reader retries for up to 10 s while the wal-index is busy; a loaded
+    machine, which keeps lock holders waiting for a CPU, makes both longer.
+
+    So the signal also wakes a watchdog thread at once, through
+    `signal.set_wakeup_fd`, which the C-level handler writes whatever the main
+    thread does. Normally the KeyboardInterrupt ends the block first: the code
+    in it cleans up (a `Display` stops its Live, the store closes), `message`
+    goes to stderr, the exception is swallowed and `interrupted` is set; the
+    process then has EXIT_SECONDS to exit. If the block has not ended
+    GRACE_SECONDS after the Ctrl-C, the watchdog writes `restore` to stdout
+    (SHOW_CURSOR where a Live may be drawing) and `message` to stderr and ends
+    the process with os._exit(130), skipping the rest of the clean-up: the
+    commands it guards only read the database, which SQLite keeps whole
+    whatever the moment a reader stops.
+
+    Unchanged when SIGINT is ignored (`nohup`, a background job) or has a
+    handler of someone else's, and off the main thread: then a KeyboardInterrupt
+    still ends the block with `message`, if one comes.
+    """
+
+    def __init__(self, message: str = "", restore: bytes = b"") -> None:
+        self.message = message
+        self.restore = restore
+        self.interrupted = False
+        self._ended = threading.Event()  # the block has ended after a Ctrl-C
+        self._ending = threading.Lock()  # held by whichever of the two ends it
+        self._writer: int | None = None
+        self._previous: tuple[Any, int] = (signal.default_int_handler, -1)
+
+    def __enter__(self) -> CtrlC:
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return self
+        reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)  # as set_wakeup_fd requires
+        previous_fd = signal.set_wakeup_fd(self._writer, warn_on_full_buffer=False)
+        self._previous = (signal.signal(signal.SIGINT, self._on_sigint), previous_fd)
+        threading.Thread(target=self._watchdog, args=(reader,), name="ctrl-c",
+                         daemon=True).start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        try:
+            if self.interrupted or isinstance(error, KeyboardInterrupt):
+                self.interrupted = True
+                self._end_here()
+        finally:
+            self._disarm()
+        return isinstance(error, KeyboardInterrupt)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if not self.interrupted:  # a second Ctrl-C: the first one is being seen to
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+    def _end_here(self) -> None:
+        if not self._ending.acquire(blocking=False):
+            threading.Event().wait()  # the watchdog is ending the process right now
+        if self.message:
+            print(self.message, file=sys.stderr, flush=True)
+        self._ended.set()
+
+    def _disarm(self) -> None:
+        if self._writer is None:
+            return
+        handler, previous_fd = self._previous
+        # After a Ctrl-C the process is ending: another one must not interrupt that.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.interrupted else handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(self._writer)  # the watchdog, if still waiting, reads the end of the pipe
+        self._writer = None
+
+    def _watchdog(self, reader: int) -> None:
+        while signal.SIGINT not in (data := os.read(reader, 64)):
+            if not data:  # the block ended without a Ctrl-C
+                os.close(reader)
+                return
+        # The pipe stays open: a second Ctrl-C still has somewhere to write to.
+        if not self._ended.wait(GRACE_SECONDS) and self._ending.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                if self.restore:
+                    os.write(1, self.restore)
+                if self.message:
+                    os.write(2, f"\n{self.message}\n".encode())
+            os._exit(EXIT_INTERRUPTED)
+        self._ended.wait(GRACE_SECONDS)  # the block is saying its message
+        time.sleep(EXIT_SECONDS)
+        os._exit(EXIT_INTERRUPTED)
 
 
 class Display:
@@ -91,12 +204,13 @@ class Watch:
         self.follow_all = ids is None
         self.order: list[str] = list(ids or [])
         self.rows: dict[str, view.Snapshot] = {}
+        self.fetched: dict[str, Any] = {}  # the rows as last read, every column
 
     def poll(self) -> None:
         if self.follow_all:
             active = sorted(self.store.select_runs(ACTIVE_STATUSES), key=lambda row: row.created_at)
             self.order += [row.id for row in active if row.id not in self.rows]
-        fetched = self.store.get_runs(self.order)
+        self.fetched = fetched = self.store.get_runs(self.order)
         for run_id in self.order:
             row = fetched.get(run_id)
             if row is not None:
@@ -148,3 +262,33 @@ def run(
     line, status = watch.summary()
     console.print(Text(line))
     return status
+
+
+def once(store: Store, ids: Sequence[str] | None, console: Console) -> int:
+    """`watch --once`: the table as `run` would draw it now, printed once; always 0."""
+    watch = Watch(store, ids)
+    watch.poll()
+    if not watch.rows:
+        console.print("no active runs")
+    else:
+        console.print(Display._table(watch.shown(), utcnow(), watch.footer()))
+    return EXIT_OK
+
+
+def once_json(store: Store, ids: Sequence[str] | None) -> list[dict[str, Any]]:
+    """`watch --once --json`: every watched run as `ls --json` shows it, plus `percent`.
+
+    The runs are those `run` would follow: the ids given, or every PENDING and
+    RUNNING run (the queued ones too, which the table only counts), oldest
+    first. `percent` is the DONE column as a whole number, null when unknown.
+    """
+    watch = Watch(store, ids)
+    watch.poll()
+    shown = []
+    for run_id in watch.order:
+        row = watch.fetched.get(run_id)
+        if row is not None:
+            fraction = watch.rows[run_id].fraction
+            percent = None if fraction is None else int(fraction * 100)
+            shown.append(view.row_json(row) | {"percent": percent})
+    return shown

@@ -77,7 +77,7 @@ def _engine(database_url: str) -> Engine:
     if not path.is_file():
         raise NoDatabase(
             f"database_url: {path} does not exist; the fusion-runner daemon creates it "
-            "(start it once with this database_url)"
+            "(start `fusion-runner daemon` once with this database_url)"
         )
     return _sqlite_engine(path)
 
@@ -101,7 +101,7 @@ def _check_runs_table(engine: Engine) -> None:
         if not inspector.has_table(runs.name):
             raise SchemaError(
                 "the database has no runs table; the fusion-runner daemon creates it "
-                "(start it once with this database_url)"
+                "(start `fusion-runner daemon` once with this database_url)"
             )
         present = {column["name"] for column in inspector.get_columns(runs.name)}
     except SQLAlchemyError as error:

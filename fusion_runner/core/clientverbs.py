@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, inspect, select
@@ -118,3 +119,44 @@ class ClientVerbs:
         with self.engine.connect() as conn:
             value = conn.execute(query).scalar_one_or_none()
         return None if value is None else str(value)
+
+    def queue_positions(self, run_ids: Iterable[str]) -> dict[str, int]:
+        """Where each PENDING run of `run_ids` stands in the daemon's queue, by id.
+
+        1 is the run the daemon claims next: oldest `created_at` first, ties by
+        id, as `Store.claim_next` takes them. Runs that are not PENDING are left
+        out. One query; a long list of ids is filtered here rather than bound.
+        """
+        ids = set(run_ids)
+        if not ids:
+            return {}
+        place = func.row_number().over(order_by=(runs.c.created_at, runs.c.id)).label("place")
+        queue = select(runs.c.id, place).where(runs.c.status == RunStatus.PENDING).subquery()
+        query = select(queue.c.id, queue.c.place)
+        if len(ids) <= 500:  # far below the bound parameters a database takes (SQLite: 32766)
+            query = query.where(queue.c.id.in_(sorted(ids)))
+        with self.engine.connect() as conn:
+            return {str(row.id): int(row.place) for row in conn.execute(query) if row.id in ids}
+
+    def select_cancellable(
+        self, statuses: Iterable[str] | None = None, name_glob: str | None = None
+    ) -> list[Row[Any]]:
+        """The PENDING and RUNNING runs that `cancel --status/--name` selects, oldest first.
+
+        Only those with one of `statuses` when given (a final status selects
+        none); only those whose name matches `name_glob` when given: an fnmatch
+        pattern (`*`, `?`, `[seq]`, `[!seq]`), case-sensitive, matched against
+        the whole name, a run without one having "". The statuses are filtered
+        by the database, the names here: no SQL pattern means the same thing
+        on SQLite and PostgreSQL.
+        """
+        active = [RunStatus.PENDING.value, RunStatus.RUNNING.value]
+        wanted = active if statuses is None else [s for s in active if s in set(statuses)]
+        if not wanted:
+            return []
+        query = select(runs).where(runs.c.status.in_(wanted)).order_by(runs.c.created_at, runs.c.id)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query).all())
+        if name_glob is None:
+            return rows
+        return [row for row in rows if fnmatchcase(row.name or "", name_glob)]

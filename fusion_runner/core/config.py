@@ -13,8 +13,7 @@ import os
 import shlex
 import socket
 import tomllib
-from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,9 @@ ENV_PREFIX = "FUSION_RUNNER_"
 # Where the TOML file is looked for when no --config names one (SPEC §8).
 CONFIG_ENV = "FUSION_RUNNER_CONFIG"
 SYSTEM_CONFIG = Path("/etc/fusion-runner/config.toml")
+DEFAULT_SOURCE = "default"
+# What a client command needs to find the runs; the daemon's settings are its own.
+CLIENT_KEYS = ("database_url", "runs_dir")
 log = logging.getLogger("fusion_runner")
 
 SHUTDOWN_MODES = ("detach", "terminate")
@@ -51,6 +53,7 @@ class Config:
     on_shutdown: str = "detach"  # "detach" | "terminate"
     log_level: str = "INFO"
     worker_id: str = field(default_factory=socket.gethostname)
+    lease_timeout_seconds: float = 60.0
     templates_dir: Path | None = None
     progress_source: str = "auto"  # "auto" | "file" | "log"
     group_write: bool = False
@@ -129,6 +132,9 @@ _KEYS: dict[str, _Key] = {
     "worker_id": _Key(
         "str", "must be non-empty, without whitespace or control characters", _is_worker_id,
         help="this daemon's name on the database"),
+    "lease_timeout_seconds": _Key(
+        "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
+        help="seconds without a heartbeat after which another daemon fails a worker's runs"),
     "templates_dir": _Key(
         "str", "must be a non-empty path", lambda v: os.fspath(v) != "", Path,
         help="folder of INI templates a run's `template` names (config_json: overrides)"),
@@ -269,15 +275,59 @@ def _file_layer(config_file: str | os.PathLike[str]) -> dict[str, Any]:
     return layer
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """The configuration and, per key, where its value came from."""
+
+    config: Config
+    sources: dict[str, str]
+    config_file: Path | None = None
+
+    def origin(self, key: str) -> str:
+        """Where the key's value came from, in words: for a message about a wrong value."""
+        source = self.sources[key]
+        if source != DEFAULT_SOURCE:
+            return f"{key} from {source}"
+        searched = "no configuration file found" if self.config_file is None else (
+            f"not set in {self.config_file}")
+        return f"{key}: the built-in default; {searched}"
+
+
+def resolve(
+    flags: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Resolved:
+    """flags > environment (default os.environ) > file > defaults, with each value's source."""
+    # Read in this order so that an unknown variable's warning comes before an
+    # error about a value; applied flags first.
+    env = _env_layer(os.environ if environ is None else environ)
+    file = {} if config_file is None else _file_layer(config_file)
+    layers = [
+        (_flag_layer(flags or {}), _flag),
+        (env, lambda k: ENV_PREFIX + k.upper()),
+        (file, lambda _key: os.fspath(config_file or "")),
+    ]
+    values: dict[str, Any] = {}
+    sources = {}
+    for key in KEYS:
+        for layer, source in layers:
+            if key in layer:
+                values[key], sources[key] = layer[key], source(key)
+                break
+        else:
+            sources[key] = DEFAULT_SOURCE
+    found = None if config_file is None else Path(config_file)
+    return Resolved(Config(**values), sources, found)
+
+
 def load(
     flags: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
 ) -> Config:
     """The configuration from flags > environment (default os.environ) > file > defaults."""
-    env = _env_layer(os.environ if environ is None else environ)
-    file = {} if config_file is None else _file_layer(config_file)
-    return Config(**ChainMap(_flag_layer(flags or {}), env, file))
+    return resolve(flags, environ, config_file).config
 
 
 def _default_text(key: str) -> str:
@@ -289,23 +339,40 @@ def _default_text(key: str) -> str:
     return shlex.join(default) if key == "sim_command" else str(default)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --config FILE and one flag per key; an unset flag stays None."""
+def add_arguments(
+    parser: argparse.ArgumentParser, keys: Iterable[str] = KEYS, hidden: Iterable[str] = ()
+) -> None:
+    """Add --config FILE and one flag per key; a flag not given sets nothing.
+
+    `hidden` flags are accepted without being listed in --help: settings given
+    before a subcommand that does not list them (`fusion-runner --worker-id X daemon`).
+    """
     parser.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
         help=f"TOML configuration file (else ${CONFIG_ENV}, "
              f"$XDG_CONFIG_HOME/fusion-runner/config.toml, {SYSTEM_CONFIG})")
-    for key in KEYS:
+    hidden = set(hidden)
+    for key in keys:
         env = ENV_PREFIX + key.upper()
         text = f"{_KEYS[key].help} (env {env}; default: {_default_text(key)})"
         parser.add_argument(
-            _flag(key), dest=key, metavar=key.upper(), default=None,
-            help=text.replace("%", "%%"),
+            _flag(key), dest=key, metavar=key.upper(), default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS if key in hidden else text.replace("%", "%%"),
         )  # fmt: skip
 
 
-def from_args(namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
-    """load() with the flags set in namespace and the file find_config_file chooses."""
+def flags_of(namespace: argparse.Namespace) -> dict[str, str]:
+    return {key: value for key in KEYS if (value := getattr(namespace, key, None)) is not None}
+
+
+def resolve_args(
+    namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Resolved:
+    """resolve() with the flags set in namespace and the file find_config_file chooses."""
     environ = os.environ if environ is None else environ
-    flags = {key: value for key in KEYS if (value := getattr(namespace, key, None)) is not None}
-    return load(flags, environ, find_config_file(getattr(namespace, "config", None), environ))
+    found = find_config_file(getattr(namespace, "config", None), environ)
+    return resolve(flags_of(namespace), environ, found)
+
+
+def from_args(namespace: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    return resolve_args(namespace, environ).config

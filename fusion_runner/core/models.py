@@ -1,4 +1,4 @@
-"""The `runs` table exactly as the FUSION GUI defines it, and the daemon's own table."""
+"""The `runs` table exactly as the FUSION GUI defines it, and the daemon's own tables."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class RunClaim(Base):
 
     A client never reads this table. The process's start makes a reused pid
     distinguishable from the run's own process after a restart. Columns added
-    after a release must be nullable: `Store.ensure_schema` adds them to
-    existing tables with ALTER TABLE ... ADD COLUMN.
+    after a release must be nullable: an upgrade step of `schema.STEPS` adds
+    them to existing tables with ALTER TABLE ... ADD COLUMN.
     """
 
     __tablename__ = "fusion_runner_claims"
@@ -83,6 +83,41 @@ class RunOutput(Base):
     run_id: Mapped[str] = mapped_column(String(12), primary_key=True)
     path: Mapped[str] = mapped_column(Text, primary_key=True)
     first_seen: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Worker(Base):
+    """A daemon serving the database: who and where it is, and its lease.
+
+    Written by the daemon of `worker_id` (register, heartbeat, clean stop) and
+    by another daemon that finds its heartbeat older than the lease
+    (`lost_at`). A client reads it only for `fusion-runner workers`. Times are
+    naive UTC from each host's own clock: hosts need synchronised clocks (NTP),
+    well within `lease_timeout_seconds`.
+    """
+
+    __tablename__ = "fusion_runner_workers"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    boot_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    version: Mapped[str] = mapped_column(String(50), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # Set when the daemon stopped cleanly; NULL while it serves (or died).
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Its runs not being stopped, at its last heartbeat.
+    running: Mapped[int] = mapped_column(Integer, nullable=False)
+    # When another daemon declared it lost and failed its RUNNING runs; NULL otherwise.
+    lost_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class SchemaVersion(Base):
+    """One row: the version of the daemon's own tables (`schema.STEPS`). `runs` has none."""
+
+    __tablename__ = "fusion_runner_schema"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 RUNS_COLUMNS: tuple[str, ...] = tuple(column.name for column in Run.__table__.columns)

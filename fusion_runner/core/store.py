@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,17 @@ from sqlalchemy import Engine, Update, bindparam, delete, event, insert, select,
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from fusion_runner.core import schema, sqliteraw
+from fusion_runner.core import pgnotify, schema, sqliteraw
 from fusion_runner.core.clientverbs import ClientVerbs
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.engine import make_engine as make_engine  # re-exported: callers use it here
 from fusion_runner.core.errors import DatabaseError
 from fusion_runner.core.progress import PROGRESS_COLUMNS
+from fusion_runner.core.runrecords import ClaimedRun as ClaimedRun  # re-exported
+from fusion_runner.core.runrecords import OwnedRun as OwnedRun  # re-exported
 from fusion_runner.core.schema import claims, outputs, runs
 from fusion_runner.core.status import RunStatus
+from fusion_runner.core.workerverbs import WorkerVerbs
 
 # How many of the oldest PENDING rows one claim attempt considers; another
 # daemon may win some of them.
@@ -72,31 +74,7 @@ def _conditional_update_statement(columns: tuple[str, ...]) -> Update:
     )
 
 
-@dataclass(frozen=True)
-class ClaimedRun:
-    id: str
-    config_json: str
-    template: str
-
-
-@dataclass(frozen=True)
-class OwnedRun:
-    """A run a daemon with this worker id claimed and has not finished."""
-
-    id: str
-    status: str  # as the row has it: a client may have written any text
-    pid: int | None
-    pgid: int | None
-    process_start_ticks: int | None  # None in rows of earlier versions
-    boot_id: str | None
-    process_start_time: float | None  # what earlier versions recorded alone
-    run_dir: str | None
-    progress_offset: int | None
-    log_offset: int | None
-    progress: dict[str, float | int | None]
-
-
-class Store(ClientVerbs):
+class Store(ClientVerbs, WorkerVerbs):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._is_sqlite = engine.dialect.name == "sqlite"
@@ -114,8 +92,11 @@ class Store(ClientVerbs):
         self.engine.dispose()
 
     def ensure_schema(self) -> None:
-        """See `schema.ensure_schema`: create what is missing, upgrade the daemon's tables."""
+        """See `schema.ensure_schema`: create what is missing, upgrade the daemon's tables;
+        on PostgreSQL also the trigger that wakes daemons (pgnotify)."""
         schema.ensure_schema(self.engine)
+        if not self._is_sqlite:
+            pgnotify.ensure_notify_trigger(self.engine)
 
     def _count_write(self, conn: Any, cursor: Any, statement: str, parameters: Any,
                      context: Any, executemany: bool) -> None:
@@ -147,6 +128,8 @@ class Store(ClientVerbs):
         Runs in `busy` are skipped: a client set one back to PENDING while its
         processes are still being stopped, and it must not run twice at once.
         """
+        if not self._is_sqlite:
+            return self._claim_skip_locked(worker_id, busy)
         with self.engine.connect() as conn:
             candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
@@ -156,15 +139,32 @@ class Store(ClientVerbs):
                 return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
         return None
 
+    def _claim_skip_locked(self, worker_id: str, busy: Collection[str]) -> ClaimedRun | None:
+        """PostgreSQL: lock the oldest PENDING row no other daemon holds, and take it.
+
+        Daemons claiming at once each get a different row at the first try,
+        where the conditional update alone would have all but one lose and retry.
+        """
+        query = _OLDEST_PENDING.limit(1).with_for_update(skip_locked=True)
+        if busy:
+            query = query.where(runs.c.id.not_in(list(busy)))
+        with self.engine.begin() as conn:
+            candidate = conn.execute(query).first()
+            if candidate is None:
+                return None
+            # PENDING -> RUNNING (the row is locked: the condition holds)
+            if not _conditional_update(conn, candidate.id, RunStatus.PENDING,
+                                       status=RunStatus.RUNNING):
+                return None
+            _record_claim(conn, candidate.id, worker_id)
+        return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+
     def _try_claim(self, run_id: str, worker_id: str) -> bool:
         with self.engine.begin() as conn:
             # PENDING -> RUNNING
             won = _conditional_update(conn, run_id, RunStatus.PENDING, status=RunStatus.RUNNING)
             if won:
-                conn.execute(delete(claims).where(claims.c.run_id == run_id))
-                conn.execute(
-                    insert(claims).values(run_id=run_id, worker_id=worker_id, claimed_at=utcnow())
-                )
+                _record_claim(conn, run_id, worker_id)
             return won
 
     def mark_started(
@@ -307,6 +307,12 @@ class Store(ClientVerbs):
                 )
             return ids
 
+
+
+def _record_claim(conn: Connection, run_id: str, worker_id: str) -> None:
+    """The claims row of a run just claimed (an earlier claim of it replaced)."""
+    conn.execute(delete(claims).where(claims.c.run_id == run_id))
+    conn.execute(insert(claims).values(run_id=run_id, worker_id=worker_id, claimed_at=utcnow()))
 
 
 def _conditional_update(

@@ -33,8 +33,6 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from fusion_runner.core.config import sqlite_path
-from fusion_runner.core.store import Store
 from fusion_runner.daemon.watches import FdWatchThread, FolderWatches
 
 log = logging.getLogger("fusion_runner")
@@ -64,6 +62,7 @@ class WakeupSource(Protocol):
     """What the loop waits on, and the watches it asks for."""
 
     def wait(self, timeout: float) -> list[Wakeup]: ...
+    def put(self, wakeup: Wakeup) -> None: ...  # safe from any thread and signal handler
     def catch_stop_signals(self, on_stop: Callable[[], None]) -> None: ...
     def watch_database(self, database_file: Path) -> None: ...
     def rearm_database(self) -> None: ...
@@ -74,35 +73,6 @@ class WakeupSource(Protocol):
     def unwatch_progress(self, run_id: str) -> None: ...
     def unwatch_log(self, run_id: str) -> None: ...
     def close(self) -> None: ...
-
-
-class DatabaseWatch:
-    """Whether the database changed, and whether someone else changed it: the loop asks
-    this, never the store's counters or the dialect.
-
-    SQLite: inotify on its file wakes the loop and PRAGMA data_version tells
-    others' commits from ours. Elsewhere: no wake-up, and every look may find
-    a change (the fallback poll).
-    """
-
-    def __init__(self, store: Store, database_url: str, wakeups: WakeupSource) -> None:
-        self._store, self._wakeups = store, wakeups
-        self._writes_seen = store.writes
-        sqlite_file = sqlite_path(database_url)
-        if sqlite_file is not None:
-            wakeups.watch_database(sqlite_file)
-
-    def changed_by_others(self) -> bool:
-        """Call right before looking: whether anyone else may have committed since the
-        last call; the next write after it wakes the loop."""
-        self._wakeups.rearm_database()  # before the look, so no later commit goes unseen
-        return self._store.changed_by_others()
-
-    def woken_by_others(self) -> bool:
-        """After a database wake-up: False when it most likely was our own commit."""
-        ours = self._store.writes != self._writes_seen
-        self._writes_seen = self._store.writes
-        return not ours
 
 
 class Wakeups:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from fusion_runner.core import outcome
+from fusion_runner.core.config import Config
 from fusion_runner.core.rundir import RunPaths
 from fusion_runner.core.store import OwnedRun
 
@@ -130,3 +131,6 @@ class Executor(Protocol):
 
     def release(self, handle: RunHandle) -> None:
         """Free what the run held in the daemon (once it is forgotten)."""
+
+    def reconfigure(self, config: Config) -> None:
+        """Take up the settings a reload changed (daemon/reload.py) for runs started next."""

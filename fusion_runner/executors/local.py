@@ -116,6 +116,9 @@ class LocalExecutor:
         modes = sharing.modes_for(config.group_write)
         return cls(config.stop_grace_seconds, modes.file, subreaper=subreaper)
 
+    def reconfigure(self, config: Config) -> None:
+        self.grace = config.stop_grace_seconds
+
     def become_reaper(self) -> None:
         self._reap_any_child = self._subreaper and shim.set_child_subreaper()
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import Client, Daemon, alive, pids_of_run, wait_until
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite, then PostgreSQL
 
 
 def running_with_pids(client: Client, daemon: Daemon, run_id: str, count: int) -> list[int]:
@@ -58,7 +62,7 @@ def test_cancelled_pending_run_never_starts_and_later_runs_do(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
     daemon = daemon_factory(max_concurrent_runs="1").start()
-    client = Client(daemon.database)
+    client = daemon.client()
     blocker = client.submit({"sim": {"sleep": "forever"}})
     client.wait_status(blocker, "RUNNING")
     cancelled = client.submit({"sim": {}})

@@ -177,7 +177,8 @@ def test_a_client_command_never_creates_the_database(tmp_path: Path, ini_file: P
         assert result.returncode == 1, result.stderr
         assert result.stderr.strip().splitlines() == [
             f"fusion-runner: database_url: {database} does not exist; the fusion-runner daemon "
-            "creates it (start it once with this database_url)"]
+            "creates it (start `fusion-runner daemon` once with this database_url) "
+            "(database_url from FUSION_RUNNER_DATABASE_URL)"]
     assert list(tmp_path.iterdir()) == [ini_file]
 
 
@@ -233,18 +234,25 @@ def test_ls_lists_every_state_newest_first_in_80_columns(world: World) -> None:
     assert result.returncode == 0, result.stderr
     assert fits(result.stdout)
     header, *lines = result.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATUS", "DONE", "STARTED", "TIME", "ERROR"]
+    # STARTED needs more than 80 columns; DONE is a pending run's place in the queue.
+    assert header.split() == ["ID", "NAME", "STATUS", "DONE", "TIME", "CPU", "MEM", "ERROR"]
     ids = world.ids
     newest_first = [*reversed(AMBIGUOUS), ids["pending"], ids["cancelled"], ids["running"],
                     ids["failed"], ids["completed"]]
     assert [line.split()[0] for line in lines] == newest_first
     by_id = {line.split()[0]: line for line in lines}
     assert by_id[ids["completed"]].split()[1:4] == ["done", "COMPLETED", "100%"]
+    assert "-" not in by_id[ids["completed"]].split()[4:7]  # its time, CPU and memory
+    # Still running: its time, and CPU and memory blank until it ends.
     assert by_id[ids["running"]].split()[1:4] == ["busy", "RUNNING", "25%"]
+    assert len(by_id[ids["running"]].split()) == 5
     assert by_id[ids["failed"]].split()[1:3] == ["broken", "FAILED"]
+    assert "-" not in by_id[ids["failed"]].split()[4:7]
     assert by_id[ids["failed"]].rstrip().endswith("exit code 3")
-    assert by_id[ids["cancelled"]].split()[1:3] == ["dropped", "CANCELLED"]
-    assert by_id[ids["pending"]].split()[1:5] == ["queued", "PENDING", "-", "-"]
+    # Cancelled before it ever ran: nothing measured.
+    assert by_id[ids["cancelled"]].split()[1:] == ["dropped", "CANCELLED", "-", "-", "-", "-"]
+    assert by_id[ids["pending"]].split()[1:] == ["queued", "PENDING", "#1", "-"]
+    assert [by_id[twin].split()[3] for twin in AMBIGUOUS] == ["#2", "#3"]
 
 
 def test_ls_filters_by_status_limits_and_prints_json(world: World) -> None:
@@ -262,7 +270,16 @@ def test_ls_filters_by_status_limits_and_prints_json(world: World) -> None:
         ids["running"], ids["pending"], *AMBIGUOUS}
     rows = json.loads(newest.stdout)
     assert [row["id"] for row in rows] == list(reversed(AMBIGUOUS))
-    assert all(list(row) == list(RUNS_COLUMNS) for row in rows)
+    extras = ["cpu_seconds", "peak_rss_bytes", "queue_position", "worker_id"]
+    assert all(list(row) == [*RUNS_COLUMNS, *extras] for row in rows)
+    assert [row["queue_position"] for row in rows] == [3, 2]
+    by_id = {row["id"]: row for row in json.loads(finals.stdout)}
+    assert by_id[ids["failed"]]["cpu_seconds"] > 0
+    assert by_id[ids["failed"]]["peak_rss_bytes"] > 1 << 20
+    assert [by_id[ids["cancelled"]][key] for key in extras] == [None, None, None, None]
+    assert by_id[ids["failed"]]["worker_id"] == "test"  # the daemon that ran it
+    running = next(row for row in json.loads(active.stdout) if row["id"] == ids["running"])
+    assert [running[key] for key in extras] == [None, None, None, "test"]
     assert "2 of 7 runs" in limited.stdout and fits(limited.stdout)
 
 
@@ -299,7 +316,8 @@ def test_show_json_of_a_failed_and_a_pending_run(world: World) -> None:
         ).fetchone()
 
     shown = json.loads(failed.stdout)
-    assert set(shown) == {*RUNS_COLUMNS, "run_dir", "exit_record", "outputs"}
+    assert set(shown) == {*RUNS_COLUMNS, "worker_id", "run_dir", "exit_record", "outputs"}
+    assert shown["worker_id"] == "test"  # the daemon that ran it
     assert shown["outputs"] == []  # no folder outside the run folder was named
     assert shown["status"] == "FAILED" and "exit code 3" in shown["error_message"]
     assert shown["exit_record"]["exit_code"] == 3 and shown["exit_record"]["signal"] is None

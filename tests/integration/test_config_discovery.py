@@ -97,3 +97,78 @@ def test_a_home_this_user_may_not_enter_is_no_config_file(tmp_path: Path) -> Non
         pytest.skip("needs root, and an interpreter that user nobody may run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("None", str(config.SYSTEM_CONFIG))
+
+
+# --- `fusion-runner config`: the effective settings and their sources ----------------------
+
+SYSTEM_STAND_IN = """\
+import sys
+from pathlib import Path
+from fusion_runner.core import config
+from fusion_runner.cli.main import main
+config.SYSTEM_CONFIG = Path(sys.argv[1])
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def fusion_runner_with_system_config(
+    system_file: Path, folder: Path, environ: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The command in a clean environment, with `system_file` standing in for /etc's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUSION_RUNNER_", "XDG_"))}
+    return subprocess.run([sys.executable, "-c", SYSTEM_STAND_IN, str(system_file), *args],
+                          cwd=folder, env=env | environ, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_config_names_each_settings_source_and_hides_the_password(tmp_path: Path) -> None:
+    system = toml(tmp_path / "etc" / "config.toml", worker_id="lab-7",
+                  database_url="postgresql://runner:s3cret@db.lab:5432/fusion")
+    user = toml(tmp_path / "home" / ".config" / "fusion-runner" / "config.toml",
+                runs_dir="/srv/runs")
+    environ = {"HOME": str(tmp_path / "home"), "FUSION_RUNNER_LOG_LEVEL": "debug"}
+
+    result = fusion_runner_with_system_config(
+        system, tmp_path, environ, "--stop-grace-seconds", "3", "config", "--json")
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["config_file"] == str(user)  # the user's file comes before the system's
+    settings = shown["settings"]
+    assert settings["runs_dir"] == {"value": "/srv/runs", "source": str(user)}
+    assert settings["log_level"] == {"value": "DEBUG", "source": "FUSION_RUNNER_LOG_LEVEL"}
+    assert settings["stop_grace_seconds"] == {"value": 3.0, "source": "--stop-grace-seconds"}
+    assert settings["worker_id"]["source"] == "default"  # the system file is not read at all
+    user.unlink()
+    result = fusion_runner_with_system_config(system, tmp_path, environ, "config")
+    assert result.returncode == 0, result.stderr
+    assert f"config file: {system}" in result.stdout
+    assert "postgresql://runner:***@db.lab:5432/fusion" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+    assert f"worker_id                  lab-7  ({system})" in result.stdout
+
+
+def test_a_missing_database_names_its_path_and_where_the_setting_came_from(
+    tmp_path: Path,
+) -> None:
+    system = toml(tmp_path / "etc" / "config.toml",
+                  database_url=f"sqlite:///{tmp_path / 'gone' / 'runs.db'}")
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    environ = {"HOME": str(tmp_path / "home")}
+
+    named = fusion_runner_with_system_config(system, folder, environ, "ls")
+    ini = tmp_path / "run.ini"
+    ini.write_text("[general_settings]\nerlang_start = 100\n")
+    default = fusion_runner_with_system_config(tmp_path / "none.toml", folder, environ, "submit",
+                                               str(ini))
+
+    assert named.returncode == 1
+    assert named.stderr.count("\n") == 1, named.stderr
+    assert str(tmp_path / "gone" / "runs.db") in named.stderr
+    assert f"database_url from {system}" in named.stderr
+    assert "fusion-runner daemon" in named.stderr  # how to get one
+    assert default.returncode == 1
+    assert "data/gui_runs/runs.db does not exist" in default.stderr
+    assert "the built-in default; no configuration file found" in default.stderr
+    assert list(folder.iterdir()) == []

@@ -114,13 +114,17 @@ def test_table_made_by_the_daemon_has_the_gui_schema(tmp_path: Path) -> None:
 
 
 def test_under_journald_lines_carry_syslog_priorities(
-    daemon_factory: Callable[..., Daemon],
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     """systemd sets JOURNAL_STREAM for a service whose stderr goes to the journal."""
-    daemon = daemon_factory().start(extra_env={"JOURNAL_STREAM": "8:12345"})
+    settings = tmp_path / "config.toml"
+    settings.write_text('on_shutdown = "detach"\n')
+    daemon = daemon_factory().start(
+        extra_env={"JOURNAL_STREAM": "8:12345", "FUSION_RUNNER_CONFIG": str(settings)})
     assert daemon.process is not None
-    daemon.process.send_signal(signal.SIGHUP)  # a warning to see
-    wait_until(lambda: "action=sighup_ignored" in daemon.log_text(), 10, "the SIGHUP warning")
+    settings.write_text('on_shutdown = "terminate"\n')
+    daemon.process.send_signal(signal.SIGHUP)  # a warning to see: a change needing a restart
+    wait_until(lambda: "action=reload_needs_restart" in daemon.log_text(), 10, "the warning")
     lines = daemon.log_text().splitlines()
     assert any(line.startswith("<6>action=ready ") for line in lines), lines
-    assert any(line.startswith("<4>action=sighup_ignored") for line in lines), lines
+    assert any(line.startswith("<4>action=reload_needs_restart") for line in lines), lines

@@ -48,7 +48,7 @@ def write_lock(database: Path) -> Iterator[sqlite3.Connection]:
 
 
 def database_errors(daemon: Daemon) -> int:
-    return daemon.log_text().count("action=database_error")
+    return daemon.log_text().count("action=database_lost")
 
 
 # --- 1. the write lock held past the busy timeout -------------------------------------------
@@ -185,12 +185,12 @@ def test_a_client_writing_failed_on_a_running_run_leaves_no_process(
 # --- 4. SIGHUP -----------------------------------------------------------------------------
 
 
-def test_sighup_is_logged_and_the_daemon_goes_on(daemon: Daemon, client: Client) -> None:
+def test_sighup_reloads_and_the_daemon_goes_on(daemon: Daemon, client: Client) -> None:
     run_id = client.submit({"sim": {"sleep": "forever"}})
     started(client, run_id)
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGHUP)
-    wait_until(lambda: "action=sighup_ignored" in daemon.log_text(), 10, "the SIGHUP log line")
+    wait_until(lambda: "action=reload " in daemon.log_text(), 10, "the SIGHUP log line")
     assert_alive(daemon)
     client.cancel(run_id)
     assert client.wait_final(run_id)["status"] == "CANCELLED"

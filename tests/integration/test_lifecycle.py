@@ -1,4 +1,4 @@
-"""A run from PENDING to its outcome, through a real daemon process."""
+"""A run from PENDING to its outcome, through a real daemon process, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import json
 import os
 import stat
 
+import pytest
+
 from tests.conftest import Client, Daemon
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on SQLite, then PostgreSQL
 
 CONFIG = {
     "general_settings": {
@@ -80,7 +84,7 @@ def test_command_template_placeholders_are_expanded(daemon_factory) -> None:  # 
 
     daemon = daemon_factory(sim_command=f"{{python}} {SIM} --run={{run_id}} {{config}} x{{log}}")
     daemon.start()
-    client = Client(daemon.database)
+    client = daemon.client()
     run_id = client.submit(CONFIG)
     client.wait_final(run_id)
 
@@ -98,9 +102,27 @@ def test_existing_config_ini_is_kept(daemon_factory) -> None:  # type: ignore[no
     run_dir.mkdir(parents=True)
     (run_dir / "config.ini").write_text("[sim]\nstdout = from the kept file\n")
     daemon.start()
-    client = Client(daemon.database)
+    client = daemon.client()
     client.submit({"sim": {"stdout": "from config_json"}}, run_id=run_id)
 
     client.wait_final(run_id)
 
     assert "from the kept file" in (run_dir / "logs" / "sim.log").read_text()
+
+
+def test_failed_runs_say_why(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    # SPEC §6's failures, each written by the same path on either database.
+    daemon = daemon_factory(max_concurrent_runs="2").start()
+    client = daemon.client()
+    exited = client.submit({"sim": {"stderr": "ValueError: no route to node 7", "exit": 3}})
+    killed = client.submit({"sim": {"signal": "SIGKILL"}})
+
+    row = client.wait_final(exited)
+    assert row["status"] == "FAILED"
+    assert row["error_message"].startswith("exit code 3")
+    assert "ValueError: no route to node 7" in row["error_message"]
+    assert row["created_at"] <= row["started_at"] <= row["completed_at"]
+    row = client.wait_final(killed)
+    assert row["status"] == "FAILED"
+    assert "SIGKILL" in row["error_message"]
+    assert daemon.process is not None and daemon.process.poll() is None

@@ -1,24 +1,31 @@
-"""Restarts and shutdown: runs outlive the daemon, and the next one gets them right."""
+"""Restarts and shutdown: runs outlive the daemon, and the next one gets them right.
+
+Every test runs on SQLite, then PostgreSQL (the `backend` fixture).
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
-from tests.conftest import Client, Daemon, alive, pids_of_run, utc_text, wait_until
+from tests.conftest import SQLITE_ONLY, Client, Daemon, alive, pids_of_run, wait_until
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 
-def started(client: Client, run_id: str) -> sqlite3.Row:
+def started(client: Client, run_id: str) -> Any:
     return wait_until(
         lambda: (row := client.row(run_id)) is not None and row["pid"] is not None and row,
         10, f"run {run_id} to start",
@@ -37,6 +44,12 @@ def kill_daemon(daemon: Daemon) -> None:
     assert daemon.process is not None
     daemon.process.kill()
     daemon.process.wait(10)
+    if daemon.is_postgres:
+        # The server ends the dead daemon's sessions (and the worker lock they
+        # hold) when it sees their sockets close: wait for it, so the next
+        # daemon of this worker id is not refused.
+        client = daemon.client()
+        wait_until(lambda: client.other_sessions() == 0, 10, "the killed daemon's sessions")
 
 
 def test_run_survives_a_killed_daemon_and_is_adopted_with_its_progress(
@@ -81,19 +94,20 @@ def test_exit_while_no_daemon_runs_gets_its_true_outcome(
     assert "exit code 4" in row["error_message"]
 
 
-def insert_owned_running(database: Path, run_id: str, *, pid: int | None,
+def insert_owned_running(client: Client, run_id: str, *, pid: int | None,
                          start_time: float | None, run_dir: Path, config: str) -> None:
-    with sqlite3.connect(database) as connection:
-        connection.execute(
-            "INSERT INTO runs (id, name, status, config_json, template, created_at, pid, pgid) "
-            "VALUES (?, 'x', 'RUNNING', ?, 't', ?, ?, ?)",
-            (run_id, config, utc_text(), pid, pid),
-        )
-        connection.execute(
-            "INSERT INTO fusion_runner_claims (run_id, worker_id, claimed_at, pid, pgid, "
-            "process_start_time, run_dir) VALUES (?, 'test', ?, ?, ?, ?, ?)",
-            (run_id, utc_text(), pid, pid, start_time, str(run_dir)),
-        )
+    """What a daemon of worker `test` that died right after its claim leaves behind."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    client.execute(
+        "INSERT INTO runs (id, name, status, config_json, template, created_at, pid, pgid) "
+        "VALUES (?, 'x', 'RUNNING', ?, 't', ?, ?, ?)",
+        (run_id, config, now, pid, pid),
+    )
+    client.execute(
+        "INSERT INTO fusion_runner_claims (run_id, worker_id, claimed_at, pid, pgid, "
+        "process_start_time, run_dir) VALUES (?, 'test', ?, ?, ?, ?, ?)",
+        (run_id, now, pid, pid, start_time, str(run_dir)),
+    )
 
 
 def test_reused_pid_is_not_adopted(daemon: Daemon, tmp_path: Path) -> None:
@@ -103,12 +117,12 @@ def test_reused_pid_is_not_adopted(daemon: Daemon, tmp_path: Path) -> None:
     try:
         run_id = "0000000000aa"
         insert_owned_running(
-            daemon.database, run_id, pid=unrelated.pid,
+            daemon.client(), run_id, pid=unrelated.pid,
             start_time=psutil.Process(unrelated.pid).create_time() - 1000,
             run_dir=daemon.runs_dir / run_id, config='{"sim": {}}',
         )
         daemon.start()
-        row = Client(daemon.database).wait_final(run_id)
+        row = daemon.client().wait_final(run_id)
 
         assert row["status"] == "FAILED"
         assert "could not be recovered" in row["error_message"]
@@ -126,12 +140,12 @@ def test_claimed_but_never_started_run_is_requeued_and_runs_once(
     kill_daemon(daemon)
     marker = tmp_path / "marker"
     run_id = "0000000000bb"
-    insert_owned_running(daemon.database, run_id, pid=None, start_time=None,
+    insert_owned_running(daemon.client(), run_id, pid=None, start_time=None,
                          run_dir=daemon.runs_dir / run_id,
                          config=json.dumps({"sim": {"marker": str(marker)}}))
     daemon.start()
 
-    row = Client(daemon.database).wait_final(run_id)
+    row = daemon.client().wait_final(run_id)
 
     assert row["status"] == "COMPLETED"
     assert marker.read_text().split() == [run_id]
@@ -161,7 +175,7 @@ def test_sigterm_in_terminate_mode_stops_every_run(
     daemon_factory: Callable[..., Daemon],
 ) -> None:
     daemon = daemon_factory(on_shutdown="terminate", max_concurrent_runs="2").start()
-    client = Client(daemon.database)
+    client = daemon.client()
     ids = [client.submit({"sim": {"workers": 2, "sleep": "forever"}}) for _ in range(2)]
     rows = [started(client, run_id) for run_id in ids]
     pids = [pid for run_id in ids for pid in run_pids(daemon, run_id, 3)]
@@ -177,6 +191,7 @@ def test_sigterm_in_terminate_mode_stops_every_run(
         assert row["completed_at"] is not None
 
 
+@SQLITE_ONLY  # systemd's protocol, not the database's: once is enough
 def test_systemd_notifications(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
     import socket
 
@@ -244,7 +259,7 @@ def test_run_spawned_but_not_recorded_is_adopted_not_started_twice(
     kill_daemon(daemon)
     run_id = "0000000000cc"
     marker = tmp_path / "marker"
-    insert_owned_running(daemon.database, run_id, pid=None, start_time=None,
+    insert_owned_running(daemon.client(), run_id, pid=None, start_time=None,
                          run_dir=daemon.runs_dir / run_id,
                          config=json.dumps({"sim": {"marker": str(marker)}}))
     # What the crashed daemon had spawned: a session leader naming the run.
@@ -254,7 +269,7 @@ def test_run_spawned_but_not_recorded_is_adopted_not_started_twice(
     )
     try:
         daemon.start()
-        client = Client(daemon.database)
+        client = daemon.client()
         row = wait_until(lambda: (r := client.row(run_id)) and r["pid"] and r, 10, "its pid")
         assert row["pid"] == orphan.pid and row["status"] == "RUNNING"
         assert f"run={run_id} action=adopted" in daemon.log_text()

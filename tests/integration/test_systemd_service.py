@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.pgserver import PgServer
-from tests.systemd_sandbox import UNIT, Service, refsim_config, utc_text
+from tests.systemd_sandbox import CONFIG_DIR, UNIT, Service, refsim_config, utc_text
+
+CONFIG_FILE = CONFIG_DIR / "config.toml"
 
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(180)]
 
@@ -122,6 +124,27 @@ def test_cancel_leaves_only_the_daemon_in_the_cgroup(service: Service) -> None:
     row = final(service, run_id, timeout=30)
     assert row["status"] == "CANCELLED"
     assert only_the_daemon_left(service), service.cgroup_pids()
+
+
+def test_reload_raises_max_concurrent_runs_without_a_restart(service: Service) -> None:
+    start(service, {"max_concurrent_runs": 1})
+    daemon_pid = service.main_pid()
+    first, second = service.submit(LONG_RUN), service.submit(LONG_RUN)
+    running_with_progress(service, first)
+    assert service.row(second)["status"] == "PENDING"
+    settings = CONFIG_FILE.read_text()
+    CONFIG_FILE.write_text(settings.replace("max_concurrent_runs = 1", "max_concurrent_runs = 2")
+                           + 'on_shutdown = "terminate"\n')
+
+    service.systemctl("reload", UNIT)
+
+    running_with_progress(service, second)
+    assert service.main_pid() == daemon_pid
+    assert "action=reload key=max_concurrent_runs old=1 new=2" in service.journal()
+    assert "action=reload_needs_restart keys=on_shutdown" in service.journal(priority="warning")
+    for run_id in (first, second):
+        service.cancel(run_id)
+        assert final(service, run_id, timeout=30)["status"] == "CANCELLED"
 
 
 def test_stop_with_terminate_fails_the_runs_and_empties_the_cgroup(service: Service) -> None:

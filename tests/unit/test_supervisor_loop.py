@@ -12,7 +12,8 @@ import pytest
 from fusion_runner.core.config import Config
 from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
-from fusion_runner.daemon.supervisor import DATABASE_RECHECK_SECONDS, Supervisor
+from fusion_runner.daemon.dbwatch import SqliteWatch
+from fusion_runner.daemon.supervisor import Supervisor
 from fusion_runner.daemon.wakeups import Reason, Wakeup
 from fusion_runner.executors.local import LocalExecutor
 
@@ -50,6 +51,7 @@ class ScriptedWakeups:
             self.clock.now += timeout
         return woken
 
+    def put(self, wakeup: Wakeup) -> None: ...
     def catch_stop_signals(self, on_stop: Callable[[], None]) -> None: ...
     def watch_database(self, database_file: Path) -> None: ...
     def watch_exit(self, key: str, pid: int) -> None: ...
@@ -60,6 +62,9 @@ class ScriptedWakeups:
     def rearm_progress(self, run_id: str) -> None: ...
     def rearm_database(self) -> None: ...
     def close(self) -> None: ...
+
+
+DATABASE_RECHECK_SECONDS = SqliteWatch.recheck_after
 
 
 def run_loop(tmp_path: Path, script: list[Step], store: Store | None = None) -> list[float]:

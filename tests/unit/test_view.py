@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from fusion_runner.cli import view
+from fusion_runner.core.outcome import ExitRecord
 
 NOW = datetime(2024, 5, 1, 12, 0, 0)
 SWEEP = json.dumps({"general_settings": {"erlang_start": 300, "erlang_step": 100}})
@@ -148,3 +149,56 @@ def test_summary_line_for_output_that_is_not_a_terminal() -> None:
     assert line.split() == ["0123456789ab", "a-rather-long…", "RUNNING", "E", "2/2", "it",
                             "2/4", "75%", "10.0s"]
     assert len(line) <= 80
+
+
+# --- ls: CPU time, peak memory, queue place -----------------------------------------------
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (None, "-"),
+        (0, "0B"),
+        (1023, "1023B"),
+        (KIB, "1.0K"),
+        (900 * KIB, "900K"),
+        (int(9.5 * MIB), "9.5M"),
+        (int(9.96 * MIB), "10M"),  # would round up to 10.0M: six characters
+        (512 * MIB, "512M"),
+        (1023 * MIB, "1023M"),
+        (GIB - 1, "1.0G"),  # 1024M would be the next unit's
+        (int(1.25 * GIB), "1.2G"),
+        (5 << 40, "5.0T"),
+        (3 << 50, "3.0P"),
+    ],
+)
+def test_memory_is_shown_1024_based_in_at_most_5_characters(
+    size: int | None, expected: str
+) -> None:
+    assert view.memory_text(size) == expected
+    assert len(expected) <= 5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(None, "-"), (0.0, "0.0s"), (0.03, "<0.1s"), (0.06, "0.1s"), (12.34, "12.3s"),
+     (185.0, "3m05s"), (3725.0, "1h02m")],
+)
+def test_cpu_time_reads_as_the_other_durations(seconds: float | None, expected: str) -> None:
+    assert view.cpu_text(seconds) == expected
+
+
+def test_queue_place_is_numbered_from_the_run_started_next() -> None:
+    assert [view.queue_text(place) for place in (1, 12, None)] == ["#1", "#12", "-"]
+
+
+def test_usage_comes_from_the_exit_record_in_seconds_and_bytes() -> None:
+    ended = ExitRecord(exit_code=0, signal=None, spawn_error=None, cpu_seconds=1.5,
+                       max_rss_kib=2048)
+    never_started = ExitRecord(exit_code=None, signal=None, spawn_error="No such file")
+
+    assert view.usage_of(ended) == (1.5, 2 * MIB)
+    assert view.usage_of(never_started) == (None, None)  # nothing was measured
+    assert view.usage_of(None) == (None, None)
