@@ -63,6 +63,7 @@ class Supervisor(Lifecycle):
         self._read_config = read_config
         self._database: DatabaseWatch | None = None
         self._status_due = 0.0
+        self._status_running = -1  # running runs when the status line was last sent
         # After a failed pass, look at clients' changes again whatever data_version says.
         self._database_unsure = False
         self._trouble: tuple[str, float] = ("", float("-inf"))
@@ -135,7 +136,7 @@ class Supervisor(Lifecycle):
         try:
             changed = database.changed_by_others() or self._database_unsure
             self.step(now, database_changed=changed)
-            self._report_status(now)
+            self._report_status(now, changed)
             self._database_unsure = False
             self._outage.recovered(now)
         except DATABASE_ERRORS as error:
@@ -222,12 +223,16 @@ class Supervisor(Lifecycle):
             return now + interval
         return watchdog_at
 
-    def _report_status(self, now: float) -> None:
-        # A count query per pass would be most of an idle pass: once a second at most.
+    def _report_status(self, now: float, database_changed: bool) -> None:
+        # A count query per pass would be most of an idle pass: once a second at most,
+        # and only when the table may have changed (no query while nothing does).
         if not self.notifier.enabled or now < self._status_due:
             return
-        self._status_due = now + STATUS_SECONDS
         running = sum(1 for run in self.live.values() if run.stop is None)
+        if not database_changed and running == self._status_running:
+            return
+        self._status_due = now + STATUS_SECONDS
+        self._status_running = running
         pending = self.store.count_by_status().get(RunStatus.PENDING, 0)
         self.notifier.status(f"{running} running, {pending} pending")
 
