@@ -60,6 +60,9 @@ class FakeSight:
 class FakeExecutor:
     """Implements `executors.base.Executor` over `FakeRun`s, keyed by pid."""
 
+    queues: bool = False
+    poll_seconds: float | None = None
+
     def __init__(self) -> None:
         self.world: dict[int, FakeRun] = {}
         self.released: list[str] = []
@@ -124,13 +127,22 @@ class FakeExecutor:
         run = _fake(handle)
         return not run.alive and not run.leftovers
 
-    def reap(self, children: list[RunHandle]) -> dict[int, int]:
-        statuses: dict[int, int] = {}
+    def reap(self, children: list[RunHandle]) -> list[tuple[RunHandle, int | None]]:
+        ended: list[tuple[RunHandle, int | None]] = []
         for run in map(_fake, children):
             if not run.alive and not run.reaped and run.wait_status is not None:
                 run.reaped = True
-                statuses[run.pid] = run.wait_status
-        return statuses
+                ended.append((run, run.wait_status))
+        return ended
+
+    def queue_name(self, handle: RunHandle) -> str | None:
+        return None
+
+    def queue_reason(self, handle: RunHandle) -> str | None:
+        return None
+
+    def requeued(self, handle: RunHandle) -> bool:
+        return False
 
     def outcome(self, handle: RunHandle, paths: RunPaths, wait_status: int | None,
                 last_error: str | None, *, watched: bool) -> outcome.Outcome:

@@ -204,7 +204,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
     from fusion_runner.daemon import logformat, worker_lock
     from fusion_runner.daemon.supervisor import Supervisor
     from fusion_runner.daemon.systemd import Notifier
-    from fusion_runner.executors.local import LocalExecutor
+    from fusion_runner.executors.choice import executor_for
 
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     # Run ids and other client text go into messages: escaped, they cannot split or forge a line.
@@ -219,7 +219,7 @@ def cmd_daemon(args: argparse.Namespace, settings: config_module.Config) -> int:
         # Held until the daemon exits, taken before it reconciles anything: a
         # second daemon of this worker_id would start its runs a second time.
         with worker_lock.acquire(settings.database_url, settings.worker_id):
-            executor = LocalExecutor.from_config(settings)
+            executor = executor_for(settings)
             return Supervisor(settings, store, executor, notifier=Notifier(),
                               read_config=lambda: config_module.from_args(args)).run()
     except (AlreadyRunning, CannotInspect) as error:

@@ -35,6 +35,7 @@ log = logging.getLogger("fusion_runner")
 
 SHUTDOWN_MODES = ("detach", "terminate")
 PROGRESS_SOURCES = ("auto", "file", "log")
+EXECUTORS = ("local", "slurm")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SQLITE = "sqlite:///"
@@ -59,6 +60,13 @@ class Config:
     group_write: bool = False
     # Not in SPEC §8's table: how often at most a run's progress columns are written.
     progress_interval_seconds: float = 0.05
+    # Where runs execute: "local" (a shim per run on this machine) or "slurm".
+    executor: str = "local"
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_time_limit: str | None = None
+    slurm_extra_args: tuple[str, ...] = ()
+    slurm_poll_seconds: float = 2.0
 
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -147,6 +155,24 @@ _KEYS: dict[str, _Key] = {
     "progress_interval_seconds": _Key(
         "float", "must be a finite number >= 0", lambda v: math.isfinite(v) and v >= 0,
         help="at most one progress write per run per this many seconds"),
+    "executor": _Key(
+        "str", "must be 'local' or 'slurm'", lambda v: v in EXECUTORS,
+        help="where runs execute: local (this machine) or slurm (a job per run)"),
+    "slurm_partition": _Key(
+        "str", "must be a non-empty partition name", bool,
+        help="sbatch --partition (default: the cluster's default partition)"),
+    "slurm_account": _Key(
+        "str", "must be a non-empty account name", bool,
+        help="sbatch --account"),
+    "slurm_time_limit": _Key(
+        "str", "must be a Slurm time such as 90, 4:00:00 or 2-00:00:00", bool,
+        help="sbatch --time (default: the partition's)"),
+    "slurm_extra_args": _Key(
+        "argv", "must be a list of strings", lambda v: all(v),
+        help="more sbatch options, one shell-style string (never run by a shell)"),
+    "slurm_poll_seconds": _Key(
+        "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
+        help="how often at most Slurm is asked about the jobs (one squeue for all)"),
 }  # fmt: skip
 
 

@@ -65,6 +65,15 @@ class RunClaim(Base):
     # log, SPEC §5); NULL while the log does not drive them. 64-bit: a log
     # may outgrow 2 GiB.
     log_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Runs of an executor with a queue of its own (Slurm): set when the daemon
+    # takes the run into that queue, while its row stays PENDING; the claim is
+    # held (no other daemon takes the run) until the run starts (pid set).
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # The executor's name for the run (Slurm's job id), the node it runs on,
+    # and why it waits (Slurm's reason: Resources, Priority, ...).
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    queue_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class RunOutput(Base):

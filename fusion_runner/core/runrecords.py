@@ -27,3 +27,7 @@ class OwnedRun:
     progress_offset: int | None
     log_offset: int | None
     progress: dict[str, float | int | None]
+    # An executor's queue (Slurm): its job id, and whether the run is still
+    # waiting there (its row PENDING, the claim held by this worker).
+    job_id: str | None = None
+    queued: bool = False

@@ -117,6 +117,8 @@ STEPS: tuple[Step, ...] = (
          _steps(_add_columns(claims, "log_offset"), _create_tables(outputs))),
     Step(4, "the workers table (registration, heartbeats, leases)",
          _create_tables(workers)),
+    Step(5, "claims: queued_at, job_id, node, queue_reason (executors with a queue: Slurm)",
+         _add_columns(claims, "queued_at", "job_id", "node", "queue_reason")),
 )  # fmt: skip
 LATEST_VERSION = STEPS[-1].version
 
@@ -201,7 +203,9 @@ def detect_version(conn: Connection) -> int:
         return 2
     if workers.name not in tables:
         return 3
-    return 4
+    if "job_id" not in columns:
+        return 4
+    return 5
 
 
 def _store_version(conn: Connection, version: int) -> None:

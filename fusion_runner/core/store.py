@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Update, bindparam, delete, event, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fusion_runner.core import pgnotify, schema, sqliteraw
 from fusion_runner.core.clientverbs import ClientVerbs
@@ -41,9 +41,13 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
 
 # Hot statements are built once: building a statement costs more than running
 # it on SQLite (~0.2 ms against ~0.05 ms here).
+# A PENDING run that waits in an executor's queue (Slurm) is held by the
+# daemon that put it there: no other daemon takes it.
+_HELD = (claims.c.queued_at.is_not(None)) & claims.c.pid.is_(None)
+_HELD_RUN = select(claims.c.run_id).where((claims.c.run_id == runs.c.id) & _HELD).exists()
 _OLDEST_PENDING = (
     select(runs.c.id, runs.c.config_json, runs.c.template)
-    .where(runs.c.status == RunStatus.PENDING)
+    .where((runs.c.status == RunStatus.PENDING) & ~_HELD_RUN)
     .order_by(runs.c.created_at, runs.c.id)
     .limit(CLAIM_CANDIDATES)
 )
@@ -159,6 +163,66 @@ class Store(ClientVerbs, WorkerVerbs):
             _record_claim(conn, candidate.id, worker_id)
         return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
 
+    def hold_for_queue(
+        self, worker_id: str, busy: Collection[str] = ()
+    ) -> ClaimedRun | None:
+        """Take the oldest PENDING run nobody holds into an executor's queue: the claim
+        is this worker's, the row stays PENDING until the run starts (`mark_started`)."""
+        with self.engine.connect() as conn:
+            candidates = conn.execute(_OLDEST_PENDING).all()
+        for candidate in candidates:
+            if candidate.id not in busy and self._try_hold(candidate.id, worker_id):
+                return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+        return None
+
+    def _try_hold(self, run_id: str, worker_id: str) -> bool:
+        # A claim left by an earlier life of the run (it ended, a client made it
+        # PENDING again) is no hold: it goes first, in a transaction of its own.
+        stale = delete(claims).where((claims.c.run_id == run_id) & ~_HELD)
+        with self.engine.begin() as conn:
+            conn.execute(stale)
+        still_pending = select(runs.c.id).where(
+            (runs.c.id == run_id) & (runs.c.status == RunStatus.PENDING)).exists()
+        unclaimed = ~select(claims.c.run_id).where(claims.c.run_id == run_id).exists()
+        now = utcnow()
+        hold = insert(claims).from_select(
+            ["run_id", "worker_id", "claimed_at", "queued_at"],
+            select(bindparam("run", run_id), bindparam("worker", worker_id),
+                   bindparam("claimed", now), bindparam("queued", now))
+            .where(still_pending & unclaimed),
+        )
+        try:
+            # One statement: atomic on SQLite, and on PostgreSQL a second daemon
+            # inserting at once meets the primary key.
+            with self.engine.begin() as conn:
+                return bool(conn.execute(hold).rowcount == 1)
+        except IntegrityError:
+            return False
+
+    def record_job(self, run_id: str, job_id: str) -> None:
+        """The executor's name for a run it has queued (Slurm's job id)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(claims).where(claims.c.run_id == run_id).values(job_id=job_id))
+
+    def record_queue_reason(self, run_id: str, reason: str | None) -> None:
+        """Why a queued run waits, as its executor says (show prints it)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(claims).where(claims.c.run_id == run_id)
+                         .values(queue_reason=reason))
+
+    def requeue(self, run_id: str) -> bool:
+        """RUNNING -> PENDING for a run its executor put back in its queue (Slurm's
+        requeue): the claim is held again until it starts anew."""
+        with self.engine.begin() as conn:
+            # RUNNING -> PENDING (requeued by the executor; still this daemon's)
+            won = _conditional_update(conn, run_id, RunStatus.RUNNING,
+                                      status=RunStatus.PENDING, pid=None, pgid=None,
+                                      started_at=None)
+            if won:
+                conn.execute(update(claims).where(claims.c.run_id == run_id)
+                             .values(pid=None, pgid=None, node=None, queued_at=utcnow()))
+            return won
+
     def _try_claim(self, run_id: str, worker_id: str) -> bool:
         with self.engine.begin() as conn:
             # PENDING -> RUNNING
@@ -170,12 +234,16 @@ class Store(ClientVerbs, WorkerVerbs):
     def mark_started(
         self, run_id: str, *, pid: int, pgid: int, process_start_ticks: int | None,
         boot_id: str | None, process_start_time: float | None, run_dir: Path,
-        started_at: datetime | None = None,
+        started_at: datetime | None = None, expected: str = RunStatus.RUNNING,
+        node: str | None = None,
     ) -> bool:
-        """Record the spawned process; False if the run is no longer RUNNING."""
+        """Record the started process; False if the row no longer has `expected`
+        (RUNNING once claimed; PENDING for a run that waited in an executor's queue,
+        which becomes RUNNING here)."""
         with self.engine.begin() as conn:
+            # RUNNING (claimed) -> RUNNING with pid; PENDING (queued) -> RUNNING
             won = _conditional_update(
-                conn, run_id, RunStatus.RUNNING, pid=pid, pgid=pgid,
+                conn, run_id, expected, status=RunStatus.RUNNING, pid=pid, pgid=pgid,
                 started_at=started_at or utcnow(),
             )
             conn.execute(
@@ -183,7 +251,7 @@ class Store(ClientVerbs, WorkerVerbs):
                 .where(claims.c.run_id == run_id)
                 .values(pid=pid, pgid=pgid, process_start_ticks=process_start_ticks,
                         boot_id=boot_id, process_start_time=process_start_time,
-                        run_dir=str(run_dir))
+                        run_dir=str(run_dir), node=node, queue_reason=None)
             )
             return won
 
@@ -237,11 +305,12 @@ class Store(ClientVerbs, WorkerVerbs):
         RUNNING ones, and those a client ended (CANCELLED, FAILED, any other
         text) whose processes may still have to be stopped.
         """
-        unfinished = (runs.c.status != RunStatus.PENDING) & runs.c.completed_at.is_(None)
+        unfinished = ((runs.c.status != RunStatus.PENDING) | _HELD) & runs.c.completed_at.is_(None)
         query = (
             select(runs, claims.c.process_start_ticks, claims.c.boot_id,
                    claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset,
-                   claims.c.log_offset)
+                   claims.c.log_offset, claims.c.job_id, claims.c.queued_at,
+                   claims.c.pid.label("claim_pid"))
             .join(claims, claims.c.run_id == runs.c.id)
             .where((claims.c.worker_id == worker_id) & unfinished)
             .order_by(runs.c.created_at)
@@ -254,6 +323,8 @@ class Store(ClientVerbs, WorkerVerbs):
                     process_start_time=row.process_start_time, run_dir=row.run_dir,
                     progress_offset=row.progress_offset, log_offset=row.log_offset,
                     progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
+                    job_id=row.job_id,
+                    queued=row.queued_at is not None and row.claim_pid is None,
                 )
                 for row in conn.execute(query)
             ]
@@ -273,7 +344,8 @@ class Store(ClientVerbs, WorkerVerbs):
             return True
 
     def release_claim(self, run_id: str) -> bool:
-        """RUNNING -> PENDING for a run claimed but never spawned."""
+        """RUNNING -> PENDING for a run claimed but never spawned; for one held for an
+        executor's queue (its row PENDING), the hold goes."""
         with self.engine.begin() as conn:
             statement = update(runs).where(
                 (runs.c.id == run_id) & (runs.c.status == RunStatus.RUNNING) & runs.c.pid.is_(None)
@@ -281,7 +353,9 @@ class Store(ClientVerbs, WorkerVerbs):
             won = bool(conn.execute(statement.values(status=RunStatus.PENDING)).rowcount == 1)
             if won:
                 conn.execute(delete(claims).where(claims.c.run_id == run_id))
-            return won
+                return True
+            held = delete(claims).where((claims.c.run_id == run_id) & _HELD)
+            return bool(conn.execute(held).rowcount == 1)
 
     def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
         """Current status of each id that still has a row (a deleted run is absent).

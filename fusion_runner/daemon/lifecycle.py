@@ -25,11 +25,11 @@ DRAIN_RECHECK_SECONDS = 0.01
 
 class Lifecycle(Reconcile):
     def _reap(self) -> None:
-        children = {run.process.pid: run for run in self.live.values()
+        children = {id(run.process): run for run in self.live.values()
                     if not run.exited and not run.adopted}
         handles: list[RunHandle] = [run.process for run in children.values()]
-        for pid, status in self.executor.reap(handles).items():
-            run = children.get(pid)
+        for handle, status in self.executor.reap(handles):
+            run = children.get(id(handle))
             if run is not None:
                 run.leader_exited(status)
         for run in self.live.values():
@@ -44,7 +44,7 @@ class Lifecycle(Reconcile):
         statuses = self.store.statuses(self.live)
         for run in self.live.values():
             status = statuses.get(run.id)
-            if run.stop is None and status != RunStatus.RUNNING:
+            if run.stop is None and status != run.row_status:
                 self._begin_stop(run, stop_reason(status), now, status)
 
     def _stop_all_for_shutdown(self, now: float) -> None:
@@ -93,8 +93,8 @@ class Lifecycle(Reconcile):
         else:
             result = self.executor.outcome(run.process, run.paths, run.wait_status,
                                            run.progress.last_error, watched=not run.adopted)
-        # RUNNING -> COMPLETED | FAILED
-        if self.store.transition(run.id, RunStatus.RUNNING, result.status,
+        # RUNNING -> COMPLETED | FAILED; PENDING (it never left its queue) -> FAILED
+        if self.store.transition(run.id, run.row_status, result.status,
                                  error_message=result.error_message, completed_at=utcnow()):
             log.info("run=%s action=finished status=%s%s", run.id, result.status,
                      error_field(result.error_message))
@@ -105,8 +105,11 @@ class Lifecycle(Reconcile):
             self._complete_client_status(run.id, status)
 
     def _claim_and_spawn(self, now: float) -> None:
+        # With a queue of the executor's own, max_concurrent_runs bounds the runs
+        # handed to it and not ended; its row stays PENDING until it starts.
+        claim = self.store.hold_for_queue if self.executor.queues else self.store.claim_next
         while len(self.live) < self.config.max_concurrent_runs:
-            claimed = self.store.claim_next(self.config.worker_id, busy=self.live)
+            claimed = claim(self.config.worker_id, busy=self.live)
             if claimed is None:
                 return
             self._start(claimed, now)
@@ -126,33 +129,71 @@ class Lifecycle(Reconcile):
             # cannot have, a command that is not there) fails this run alone.
             self._fail_before_spawn(claimed.id, str(error) or type(error).__name__)
             return
+        queued = self.executor.queues
         run = LiveRun(claimed.id, paths, spawned,
                       RunProgress.start(paths, self.config.progress_source),
-                      start_recorded=False, started_at=utcnow())
+                      start_recorded=False, started_at=None if queued else utcnow(),
+                      started=not queued, queue_name_recorded=not queued)
         self.live[run.id] = run
         self._watch(run)
-        log.info("run=%s action=started pid=%d", run.id, spawned.pid)
+        if queued:
+            log.info("run=%s action=queued job=%s", run.id, self.executor.queue_name(spawned))
+        else:
+            log.info("run=%s action=started pid=%d", run.id, spawned.pid)
         self._record_start(run, now)
 
     def _record_starts(self, now: float) -> None:
         for run in list(self.live.values()):
+            if run.started and run.stop is None and self.executor.requeued(run.process):
+                self._requeue(run)
             if not run.start_recorded:
                 self._record_start(run, now)
 
     def _record_start(self, run: LiveRun, now: float) -> None:
-        # RUNNING (claimed) -> RUNNING with pid, pgid, started_at; a database
-        # error leaves start_recorded False and a later pass tries again.
-        spawned = self.executor.identity(run.process)
+        if not run.queue_name_recorded:
+            self._record_queue_name(run)
+        started = self.executor.identity(run.process)
+        if started is None:  # still in the executor's queue
+            self._record_queue_reason(run)
+            return
+        if not run.started:
+            run.started, run.started_at = True, utcnow()
+            log.info("run=%s action=started pid=%d node=%s", run.id, started.pid,
+                     started.node or "-")
+        # RUNNING (claimed) -> RUNNING with pid, pgid, started_at; PENDING (queued)
+        # -> RUNNING with them. A database error leaves start_recorded False and a
+        # later pass tries again.
         recorded = self.store.mark_started(
-            run.id, pid=spawned.pid, pgid=spawned.pgid,
-            process_start_ticks=spawned.process_start_ticks, boot_id=spawned.boot_id,
-            process_start_time=spawned.process_start_time, run_dir=run.paths.run_dir,
-            started_at=run.started_at,
+            run.id, pid=started.pid, pgid=started.pgid,
+            process_start_ticks=started.process_start_ticks, boot_id=started.boot_id,
+            process_start_time=started.process_start_time, run_dir=run.paths.run_dir,
+            started_at=run.started_at, node=started.node,
+            expected=RunStatus.PENDING if self.executor.queues else RunStatus.RUNNING,
         )
         run.start_recorded = True
         if not recorded:
-            # Cancelled or deleted between claim and spawn: stop it now.
+            # Cancelled or deleted between claim and start: stop it now.
             self._notice_client_changes(now)
+
+    def _record_queue_reason(self, run: LiveRun) -> None:
+        reason = self.executor.queue_reason(run.process)
+        if reason != run.queue_reason:
+            self.store.record_queue_reason(run.id, reason)
+            run.queue_reason = reason
+
+    def _record_queue_name(self, run: LiveRun) -> None:
+        name = self.executor.queue_name(run.process)
+        if name is not None:
+            self.store.record_job(run.id, name)
+        run.queue_name_recorded = True
+
+    def _requeue(self, run: LiveRun) -> None:
+        """Its executor put it back in its queue: the same run, PENDING until it starts
+        again (the earlier attempt's exit record set aside by the executor)."""
+        # RUNNING -> PENDING (requeued)
+        self.store.requeue(run.id)
+        run.started, run.start_recorded, run.started_at = False, False, None
+        log.info("run=%s action=requeued", run.id)
 
     def _fail_before_spawn(self, run_id: str, message: str) -> None:
         log.error("run=%s action=failed reason=%s", run_id, message)
@@ -161,8 +202,10 @@ class Lifecycle(Reconcile):
         self._write_failures()
 
     def _write_failures(self) -> None:
+        # A run held for the executor's queue kept its PENDING row.
+        expected = RunStatus.PENDING if self.executor.queues else RunStatus.RUNNING
         for run_id, message in list(self._unwritten_failures.items()):
-            # RUNNING -> FAILED (nothing was spawned)
-            self.store.transition(run_id, RunStatus.RUNNING, RunStatus.FAILED,
+            # RUNNING -> FAILED (nothing was spawned); PENDING -> FAILED (held, not queued)
+            self.store.transition(run_id, expected, RunStatus.FAILED,
                                   error_message=message, completed_at=utcnow())
             del self._unwritten_failures[run_id]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fusion_runner.core import rundir
 from fusion_runner.core.progress import Columns
+from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import OwnedRun
 from fusion_runner.daemon.runprogress import RunProgress
 from fusion_runner.executors.base import RunHandle
@@ -89,6 +90,10 @@ class LiveRun:
     # pid, pgid and started_at are in the row: until then every pass tries again
     # (a write owed to the row, like unwritten progress, not a phase of the run).
     start_recorded: bool = True
+    # False while it waits in its executor's queue (Slurm): the row is PENDING.
+    started: bool = True
+    queue_name_recorded: bool = True  # the executor's name for it is in the claim
+    queue_reason: str | None = None  # why it waits, as last recorded
     started_at: datetime | None = None
     phase: Phase = Phase.RUNNING
     stop: Stop | None = None
@@ -108,9 +113,15 @@ class LiveRun:
         paths = rundir.RunPaths.under(base, owned.id)
         progress = RunProgress.resume(paths, progress_source, owned.progress,
                                       owned.progress_offset, owned.log_offset)
-        return cls(owned.id, paths, handle, progress, adopted=True)
+        return cls(owned.id, paths, handle, progress, adopted=True,
+                   start_recorded=not owned.queued, started=not owned.queued)
 
     # --- what the run is now ---------------------------------------------
+
+    @property
+    def row_status(self) -> str:
+        """The status its row has while nobody else changed it."""
+        return RunStatus.RUNNING if self.started else RunStatus.PENDING
 
     @property
     def exited(self) -> bool:

@@ -104,14 +104,19 @@ class Reconcile(ProgressPass):
             self._reconcile_unrecorded(owned, now)
             return
         if not sighting.recorded:
-            paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
+            name = self.executor.queue_name(handle)
+            if name is not None:
+                self.store.record_job(owned.id, name)
             found = self.executor.identity(handle)
-            # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
-            self.store.mark_started(owned.id, pid=found.pid, pgid=found.pgid,
-                                    process_start_ticks=found.process_start_ticks,
-                                    boot_id=found.boot_id,
-                                    process_start_time=found.process_start_time,
-                                    run_dir=paths.run_dir)
+            if found is not None and not owned.queued:
+                paths = rundir.RunPaths.under(self.config.runs_dir, owned.id)
+                # RUNNING -> RUNNING with the pid, pgid, started_at it lacked
+                self.store.mark_started(owned.id, pid=found.pid, pgid=found.pgid,
+                                        process_start_ticks=found.process_start_ticks,
+                                        boot_id=found.boot_id,
+                                        process_start_time=found.process_start_time,
+                                        run_dir=paths.run_dir, node=found.node)
+            # A queued one: its start is recorded by the passes, when it starts.
         elif sighting.verdict is Verdict.ALIVE:
             self._record_better_identity(owned.id, handle)
         self._adopt(owned, handle, sighting.verdict, now)
@@ -136,7 +141,7 @@ class Reconcile(ProgressPass):
             # GONE or REUSED (CANNOT_TELL was refused).
             run.leader_exited()
             self.executor.note_ended_unwatched(handle, verdict)
-        if owned.status != RunStatus.RUNNING:
+        if owned.status != run.row_status:
             self._begin_stop(run, stop_reason(owned.status), now, owned.status)
 
     def _reconcile_unrecorded(self, owned: OwnedRun, now: float) -> None:
@@ -151,15 +156,18 @@ class Reconcile(ProgressPass):
             # have started, and the next claim fails it with the reason.
             self.store.release_claim(owned.id)
             return
-        if owned.status != RunStatus.RUNNING:
+        expected = RunStatus.PENDING if owned.queued else RunStatus.RUNNING
+        if owned.status != expected:
             self._complete_client_status(owned.id, owned.status)
         elif self.executor.left_a_trace(paths):
-            self._finish_unwatched_start(owned.id, paths)
+            self._finish_unwatched_start(owned.id, paths, expected)
         # RUNNING -> PENDING: claimed, but nothing was ever spawned.
         elif self.store.release_claim(owned.id):
             log.warning("run=%s action=requeued reason=claimed_but_never_started", owned.id)
 
-    def _finish_unwatched_start(self, run_id: str, paths: rundir.RunPaths) -> None:
+    def _finish_unwatched_start(
+        self, run_id: str, paths: rundir.RunPaths, expected: str = RunStatus.RUNNING
+    ) -> None:
         """A run whose spawn an earlier daemon began but never recorded, now ended."""
         reader = RunProgress.start(paths, self.config.progress_source)
         try:
@@ -170,8 +178,8 @@ class Reconcile(ProgressPass):
         self._note_outputs(run_id, paths, reader.take_outputs())
         ended = self.executor.outcome_unrecorded(paths, reader.last_error)
         result = ended.outcome
-        # RUNNING -> COMPLETED | FAILED, with what the spawn left behind
-        if self.store.transition(run_id, RunStatus.RUNNING, result.status, pid=ended.pid,
+        # RUNNING (or PENDING, queued) -> COMPLETED | FAILED, with what the spawn left behind
+        if self.store.transition(run_id, expected, result.status, pid=ended.pid,
                                  pgid=ended.pid, started_at=ended.started_at,
                                  completed_at=utcnow(), error_message=result.error_message,
                                  **columns):

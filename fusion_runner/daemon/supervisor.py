@@ -254,6 +254,9 @@ class Supervisor(Lifecycle):
         """
         self._next_deadline = None
         self._reap()
+        if self.live and self.executor.poll_seconds is not None:
+            # Runs elsewhere: their ends are seen by looking (one batched query).
+            self._wake_by(now + self.executor.poll_seconds)
         self._record_starts(now)
         self._write_failures()
         if database_changed:

@@ -56,13 +56,14 @@ class RunHandle(Protocol):
 
 @dataclass(frozen=True)
 class Identity:
-    """What the row records of a spawned run, so that a later daemon finds it."""
+    """What the row records of a started run, so that a later daemon finds it."""
 
     pid: int
     pgid: int
     process_start_ticks: int | None
     boot_id: str | None
     process_start_time: float | None
+    node: str | None = None  # where it runs, when not on the daemon's machine
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,32 @@ class EndedUnrecorded:
 
 
 class Executor(Protocol):
+    # Whether a spawned run may wait in a queue of the executor's own before it
+    # starts (Slurm): its row then stays PENDING, claimed in the daemon's table,
+    # until `identity` says it started.
+    queues: bool
+    # How often at most the loop must look at the executor's runs (one batched
+    # query of them all); None: their ends wake the loop (end_watch_pid).
+    poll_seconds: float | None
+
     def become_reaper(self) -> None:
         """Called once before serving: orphans of our runs become ours to reap."""
 
     def spawn(self, paths: RunPaths, argv: list[str], env: dict[str, str]) -> RunHandle:
         """Start the run; raises on failure, before anything runs."""
 
-    def identity(self, handle: RunHandle) -> Identity: ...
+    def identity(self, handle: RunHandle) -> Identity | None:
+        """How the started run is known; None while it waits in the executor's queue."""
+
+    def queue_name(self, handle: RunHandle) -> str | None:
+        """The executor's own name for the run (Slurm's job id), to record; None: none."""
+
+    def queue_reason(self, handle: RunHandle) -> str | None:
+        """Why a queued run waits (Slurm: Resources, Priority, ...); None: unknown."""
+
+    def requeued(self, handle: RunHandle) -> bool:
+        """Whether a started run went back to the executor's queue (Slurm's requeue):
+        the same run, to start again; its handle waits again from now."""
 
     def from_row(self, owned: OwnedRun) -> RunHandle | None:
         """The run as its row records it; None if its spawn was never recorded."""
@@ -114,8 +134,9 @@ class Executor(Protocol):
     def tree_gone(self, handle: RunHandle) -> bool:
         """No process of the run is left."""
 
-    def reap(self, children: list[RunHandle]) -> dict[int, int]:
-        """Wait statuses of exited children (spawned by us), by pid, without blocking."""
+    def reap(self, children: list[RunHandle]) -> list[tuple[RunHandle, int | None]]:
+        """Those of `children` (spawned by this daemon) that ended, each with its wait
+        status where there is one, without blocking."""
 
     def outcome(self, handle: RunHandle, paths: RunPaths, wait_status: int | None,
                 last_error: str | None, *, watched: bool) -> outcome.Outcome:

@@ -105,6 +105,9 @@ class LocalExecutor:
     """Runs each simulation under a shim, as a child of this daemon (implements
     `executors.base.Executor`)."""
 
+    queues: bool = False  # a spawned run has started
+    poll_seconds: float | None = None  # a run's end wakes the loop (pidfd on its shim)
+
     def __init__(self, grace: float, file_mode: int = 0o640, *, subreaper: bool = True) -> None:
         self.grace, self.file_mode = grace, file_mode
         self._subreaper = subreaper
@@ -186,8 +189,19 @@ class LocalExecutor:
     def tree_gone(self, handle: RunHandle) -> bool:
         return tree_gone(_local(handle))
 
-    def reap(self, children: list[RunHandle]) -> dict[int, int]:
-        return reap([child.pid for child in children], any_child=self._reap_any_child)
+    def reap(self, children: list[RunHandle]) -> list[tuple[RunHandle, int | None]]:
+        by_pid = {child.pid: child for child in children}
+        statuses = reap(list(by_pid), any_child=self._reap_any_child)
+        return [(by_pid[pid], status) for pid, status in statuses.items() if pid in by_pid]
+
+    def queue_name(self, handle: RunHandle) -> str | None:
+        return None
+
+    def queue_reason(self, handle: RunHandle) -> str | None:
+        return None
+
+    def requeued(self, handle: RunHandle) -> bool:
+        return False
 
     def outcome(self, handle: RunHandle, paths: RunPaths, wait_status: int | None,
                 last_error: str | None, *, watched: bool) -> outcome.Outcome:

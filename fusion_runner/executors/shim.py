@@ -35,6 +35,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     # Where the daemon that started us reads the record too, so that the
     # outcome survives an exit.json that cannot be written.
     parser.add_argument("--status-fd", type=int, default=None)
+    # Where a run on another machine (a Slurm job) says it has started, and how
+    # it is known there: the daemon cannot see its processes.
+    parser.add_argument("--started", default=None)
+    # SIGTERM sent to the shim alone (Slurm's --signal=B:TERM before a time
+    # limit) is passed to the simulation's group instead of being ignored.
+    parser.add_argument("--forward-term", action="store_true")
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -53,12 +59,43 @@ def become_subreaper() -> None:
         print("fusion-runner shim: cannot become a child subreaper", file=sys.stderr)
 
 
-def ignore_stop_signals() -> None:
+def ignore_stop_signals(forward_term: bool = False) -> None:
     # The daemon signals the whole group, simulation included: the shim stays
     # to reap what is left and write the record. A Python-level handler (not
     # SIG_IGN) so that the simulation does not inherit an ignored signal.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: None)
+    if forward_term:
+        forwarded: list[bool] = []
+
+        def forward(_signum: int, _frame: object) -> None:
+            # Once: the group includes the shim, which gets its own signal back.
+            if not forwarded:
+                forwarded.append(True)
+                with contextlib.suppress(OSError):
+                    os.killpg(0, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+
+
+def write_started(path: str) -> None:
+    """The started record: who the shim is on this machine (pid, group, start, boot)."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as stat:
+            start_ticks: int | None = int(stat.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        start_ticks = None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id: str | None = boot.read().strip()
+    except OSError:
+        boot_id = None
+    fields = {"pid": os.getpid(), "pgid": os.getpgid(0), "host": os.uname().nodename,
+              "start_ticks": start_ticks, "boot_id": boot_id}
+    try:
+        save(path, json.dumps(fields))
+    except OSError as error:
+        print(f"fusion-runner shim: started record not saved: {error}", file=sys.stderr)
 
 
 def spawn(command: Sequence[str]) -> int:
@@ -221,7 +258,9 @@ def main(argv: Sequence[str]) -> int:
     close_other_descriptors(args.status_fd)
     os.chdir(args.run_dir)
     become_subreaper()
-    ignore_stop_signals()
+    ignore_stop_signals(args.forward_term)
+    if args.started is not None:
+        write_started(args.started)
     # Held pending so that `sigtimedwait` wakes the moment a leftover ends.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:

@@ -23,7 +23,8 @@ from tests.conftest import Client, Daemon, alive, wait_until
 from tests.legacy_schema import columns, downgrade_claims
 from tests.systemd_sandbox import skip_or_fail
 
-NEW_COLUMNS = ["process_start_ticks", "boot_id", "log_offset"]
+NEW_COLUMNS = ["process_start_ticks", "boot_id", "log_offset", "queued_at", "job_id", "node",
+               "queue_reason"]
 NOBODY = 65534
 # Run inside a new mount namespace: mount a /proc that hides other users'
 # processes (what systemd's ProtectProc=invisible mounts), then become nobody.
@@ -89,7 +90,7 @@ def test_a_database_of_an_earlier_version_gets_the_new_columns_and_its_live_run_
     wait_until(lambda: f"run={run_id} action=adopted pid={pid}" in daemon.log_text(), 10,
                "the adoption")
     with contextlib.closing(sqlite3.connect(daemon.database)) as connection:
-        assert columns(connection, "fusion_runner_claims")[-3:] == NEW_COLUMNS
+        assert columns(connection, "fusion_runner_claims")[-len(NEW_COLUMNS):] == NEW_COLUMNS
     # Adopted by its wall-clock start, then recorded by its ticks for later restarts.
     assert claim_identity(daemon.database, run_id) == (
         procfs.read_stat(pid).start_ticks, procfs.boot_id())
