@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-pytest_plugins = ["tests.pgserver", "tests.systemd_sandbox"]
+pytest_plugins = ["tests.pgserver", "tests.slurmcluster", "tests.systemd_sandbox"]
 
 SIM = Path(__file__).parent / "sims" / "sim.py"
 T = TypeVar("T")
