@@ -282,8 +282,12 @@ class Bench:
     def exit(self) -> float:
         run_id, _ = self.submit({"mode": "exit_at", "at": time.time() + 0.3})
         self.until_final(run_id)
-        exited_at = float((self.root / "runs" / run_id / "output" / "exited_at").read_text())
-        return epoch(self.column(run_id, "completed_at")) - exited_at
+        note = self.root / "runs" / run_id / "output" / "exited_at"
+        if not note.exists():  # the simulation never got to its exit: say why, not ENOENT
+            status, error = self.sql("SELECT status, error_message FROM runs WHERE id = ?",
+                                     (run_id,))[0]
+            raise RuntimeError(f"run {run_id} ended {status} without its exit note: {error}")
+        return epoch(self.column(run_id, "completed_at")) - float(note.read_text())
 
     def progress(self, run_id: str, progress: Path, n: int) -> float:
         with open(progress, "a") as file:
