@@ -37,18 +37,20 @@ def cmd_show(args: argparse.Namespace, settings: config_module.Config) -> int:
         paths = lookup.run_paths(store, settings, run_id)
         found = run_outputs(store.run_outputs(run_id), paths)
         worker = store.worker_of(run_id)
+        job = store.queue_of(run_id)
     if row is None:
         raise UnknownRun(f"no run with id {args.id!r}")
     record = exitrecord.read(paths.exit_record) if paths is not None else None
     if args.json:
         print(json.dumps(view.row_json(row) | {
             "worker_id": worker,
+            "job": job,
             "run_dir": None if paths is None else str(paths.run_dir),
             "exit_record": None if record is None else exit_json(record),
             "outputs": found,
         }, indent=2))  # fmt: skip
     else:
-        print("\n".join(text_lines(row, paths, record, found, worker)))
+        print("\n".join(text_lines(row, paths, record, found, worker, job)))
     return EXIT_OK
 
 
@@ -65,11 +67,15 @@ def run_outputs(
 
 
 def text_lines(row: Any, paths: rundir.RunPaths | None, record: outcome.ExitRecord | None,
-               found: list[dict[str, Any]] | None = None, worker: str | None = None
-               ) -> list[str]:
+               found: list[dict[str, Any]] | None = None, worker: str | None = None,
+               job: dict[str, str | None] | None = None) -> list[str]:
     lines = [field(column, value_text(getattr(row, column)))
              for column in RUNS_COLUMNS if column not in BLOCKS or getattr(row, column) is None]
     lines.append(field("worker", worker or "-"))
+    if job is not None:  # a Slurm job: its id, its node, and why it waits
+        lines.append(field("slurm_job", f"{job['id']} on {job['node'] or '-'}"))
+        if row.status == "PENDING":
+            lines.append(field("waiting", job["reason"] or "queued"))
     lines.append(field("run_dir", str(paths.run_dir) if paths is not None else "-"))
     lines.append(field("exit", exit_text(record)))
     for output in found or []:  # one line each, so that a folded path is told apart

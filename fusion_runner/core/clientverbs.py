@@ -160,3 +160,19 @@ class ClientVerbs:
         if name_glob is None:
             return rows
         return [row for row in rows if fnmatchcase(row.name or "", name_glob)]
+
+    def queue_of(self, run_id: str) -> dict[str, str | None] | None:
+        """Where an executor with a queue of its own (Slurm) has the run: its job id,
+        node and why it waits; None for a run of the local executor or none yet."""
+        if not inspect(self.engine).has_table(claims.name):
+            return None
+        present = {column["name"] for column in inspect(self.engine).get_columns(claims.name)}
+        if "job_id" not in present:  # a database no daemon of this version has served
+            return None
+        query = select(claims.c.job_id, claims.c.node, claims.c.queue_reason).where(
+            (claims.c.run_id == run_id) & claims.c.job_id.is_not(None))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return {"id": row.job_id, "node": row.node, "reason": row.queue_reason}

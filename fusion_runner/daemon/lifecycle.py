@@ -65,12 +65,17 @@ class Lifecycle(Reconcile):
                 self._wake_by(run.stop.kill_at)
 
     def _finalise_ended_runs(self, now: float) -> None:
-        for run in list(self.live.values()):
+        # Runs whose start is in their row first: one that started and ended unseen
+        # between two looks of a queueing executor (Slurm) gets its start written
+        # just before its end, once the runs it may have followed have ended.
+        for run in sorted(self.live.values(), key=lambda run: not run.start_recorded):
             if not run.exited:
                 continue  # its leader's end wakes the loop (pidfd)
             if not self.executor.tree_gone(run.process):
                 self._wake_by(now + DRAIN_RECHECK_SECONDS)
                 continue
+            if not run.start_recorded and run.stop is None:
+                self._record_start(run, now)  # pid and started_at in the row first
             # What the simulation said last is in the row before its final status.
             self._poll_progress(run, now)
             if run.progress_unwritten and run.stop is None:
@@ -143,6 +148,11 @@ class Lifecycle(Reconcile):
         self._record_start(run, now)
 
     def _record_starts(self, now: float) -> None:
+        if self.executor.queues:
+            # Ends before starts: the executor starts a queued run when another ends,
+            # and one look shows both. Written in that order, the rows never have
+            # more RUNNING runs than the executor runs.
+            self._finalise_ended_runs(now)
         for run in list(self.live.values()):
             if run.started and run.stop is None and self.executor.requeued(run.process):
                 self._requeue(run)

@@ -24,6 +24,8 @@ class ProgressPass(RunsState):
             self._next_progress_sweep = now + self.config.poll_interval_seconds
         for run in self.live.values():
             run.progress_unread |= sweep or run.id in self._progress_changed
+            if not run.started:
+                continue  # waiting in its executor's queue: read once its row is RUNNING
             if not (run.progress_unread or run.progress_unwritten):
                 continue
             # Read when a write may follow: a burst costs one read per interval.

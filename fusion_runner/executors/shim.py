@@ -66,16 +66,28 @@ def ignore_stop_signals(forward_term: bool = False) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: None)
     if forward_term:
-        forwarded: list[bool] = []
+        started = time.monotonic()
 
         def forward(_signum: int, _frame: object) -> None:
             # Once: the group includes the shim, which gets its own signal back.
-            if not forwarded:
-                forwarded.append(True)
+            if "after" not in TERM_FORWARDED:
+                TERM_FORWARDED["after"] = round(time.monotonic() - started, 3)
                 with contextlib.suppress(OSError):
                     os.killpg(0, signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, forward)
+
+
+# With --forward-term, "after": seconds from the shim's start to the SIGTERM it passed on
+# (Slurm's warning before the time limit, or a scancel); in the exit record as
+# `term_after`, so that the daemon can tell a run stopped at its time limit.
+TERM_FORWARDED: dict[str, float] = {}
+
+
+def attempt() -> int:
+    """Which attempt of a Slurm job this is (0 the first; a requeue counts up)."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(count) if count.isdigit() else 0
 
 
 def write_started(path: str) -> None:
@@ -91,7 +103,7 @@ def write_started(path: str) -> None:
     except OSError:
         boot_id = None
     fields = {"pid": os.getpid(), "pgid": os.getpgid(0), "host": os.uname().nodename,
-              "start_ticks": start_ticks, "boot_id": boot_id}
+              "start_ticks": start_ticks, "boot_id": boot_id, "attempt": attempt()}
     try:
         save(path, json.dumps(fields))
     except OSError as error:
@@ -185,6 +197,9 @@ def write_record(path: str, fields: dict[str, object], status_fd: int | None) ->
     fields["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
     fields["max_rss_kib"] = usage.ru_maxrss
     fields["shim_pid"] = os.getpid()
+    fields["attempt"] = attempt()
+    if "after" in TERM_FORWARDED:
+        fields["term_after"] = TERM_FORWARDED["after"]
     try:
         save(path, json.dumps(fields))
     except OSError as error:

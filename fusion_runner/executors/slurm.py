@@ -33,8 +33,11 @@ from fusion_runner.executors.base import EndedUnrecorded, RunHandle, Verdict
 from fusion_runner.executors.local import SHIM_PATH
 from fusion_runner.executors.slurmjobs import (
     ACTIVE_STATES,
+    QUEUED_STATES,
+    SQUEUE_FIELDS,
     JobState,
     job_resources,
+    limit_seconds,
     parse_squeue,
 )
 
@@ -43,14 +46,17 @@ STARTED_FILE = "started.json"
 JOB_SCRIPT = "job.sh"
 # The job's batch script: the shim, exec'd with the arguments sbatch passes on.
 _SCRIPT = '#!/bin/sh\n# Written by fusion-runner: the run\'s shim, as a Slurm job.\nexec "$@"\n'
-SQUEUE_FORMAT = "%i|%T|%r|%N|%j"
 COMMAND_TIMEOUT = 30
 # Seconds before the time limit when the shim is asked to stop the simulation.
 SIGNAL_BEFORE_LIMIT = 60
+# How much earlier than asked Slurm may send that signal (its timer's resolution: the
+# sbatch manual says up to 60 s), and some more.
+SIGNAL_EARLY_BY = 65
 # States in which the run did not end by itself: the outcome names them.
 FAILING_STATES = {"TIMEOUT": "time limit reached", "NODE_FAIL": "node failure",
                   "OUT_OF_MEMORY": "out of memory", "PREEMPTED": "preempted",
-                  "BOOT_FAIL": "node boot failure", "DEADLINE": "deadline reached"}
+                  "BOOT_FAIL": "node boot failure", "DEADLINE": "deadline reached",
+                  "CANCELLED": "cancelled in Slurm (scancel)"}
 
 
 @dataclass
@@ -61,9 +67,15 @@ class SlurmJob:
     job_id: str
     paths: RunPaths
     started: base.Identity | None = None
-    state: JobState | None = None  # None: not seen in squeue (yet, or any more)
-    seen: bool = False  # seen in squeue at least once
-    attempts: int = 0  # earlier attempts set aside (requeues)
+    attempt: int = 0  # Slurm's restart count of the attempt `started` describes
+    state: JobState | None = None  # None: not in squeue (not looked at yet, or ended)
+    # A look taken after its submission gave `state`: once looked at, a job squeue
+    # does not list has ended (slurmctld forgets jobs MinJobAge after their end).
+    looked: bool = False
+
+    @property
+    def current_attempt(self) -> int:
+        return self.state.restarts if self.state is not None else self.attempt
 
     @property
     def pid(self) -> int:
@@ -87,6 +99,7 @@ class SlurmExecutor:
         self.poll_seconds = config.slurm_poll_seconds
         self._jobs: dict[str, SlurmJob] = {}  # by job id
         self._polled_at = float("-inf")
+        self._states: dict[str, JobState] | None = None  # every job of ours, at the last look
         self._user = getpass.getuser()
 
     @classmethod
@@ -133,15 +146,14 @@ class SlurmExecutor:
     def _refresh(self, force: bool = False) -> None:
         """One squeue for every job of ours, at most every poll_seconds."""
         now = time.monotonic()
-        if not force and now < self._polled_at + (self.poll_seconds or 0):
-            return
+        if not self._jobs or (not force and now < self._polled_at + (self.poll_seconds or 0)):
+            return  # no job to look at (an idle daemon runs no squeue), or looked lately
         self._polled_at = now
         text = self._run(["squeue", "--noheader", "--states=all", f"--user={self._user}",
-                          f"--format={SQUEUE_FORMAT}"])
-        states = parse_squeue(text)
+                          "-O", SQUEUE_FIELDS])
+        self._states = parse_squeue(text)
         for job in self._jobs.values():
-            job.state = states.get(job.job_id)
-            job.seen = job.seen or job.state is not None
+            job.state, job.looked = self._states.get(job.job_id), True
 
     def _job(self, handle: RunHandle) -> SlurmJob:
         if not isinstance(handle, SlurmJob):
@@ -150,16 +162,30 @@ class SlurmExecutor:
 
     def _ended(self, job: SlurmJob) -> bool:
         if job.state is None:
-            return job.seen or job.paths.exit_record.exists()
+            return job.looked or _record_of(job.paths, job.current_attempt) is not None
         return job.state.name not in ACTIVE_STATES
+
+    def _left_queue(self, job: SlurmJob) -> bool:
+        """Whether the look says the job's current attempt started (or ended)."""
+        if job.state is None:
+            return self._ended(job)
+        return job.state.name not in QUEUED_STATES
+
+    # Every method below but `reap`, `look` and `find_unrecorded` answers from the last
+    # look (squeue) without looking again, so that one pass sees one state of the
+    # cluster: a run is taken for started only once the look that shows it running
+    # also shows the end of the run whose place it took (never more RUNNING rows
+    # than jobs Slurm runs).
 
     def identity(self, handle: RunHandle) -> base.Identity | None:
         job = self._job(handle)
-        self._refresh()
-        if job.state is not None and job.state.name == "PENDING":
-            return None  # waiting (again, after a requeue)
-        if job.started is None:
-            job.started = _read_started(job.paths.run_dir / STARTED_FILE)
+        if job.current_attempt > job.attempt:
+            # Requeued: what the earlier attempt wrote is set aside, never taken for
+            # the new attempt's.
+            _set_aside(job.paths, job.current_attempt)
+            job.started, job.attempt = None, job.current_attempt
+        if job.started is None and self._left_queue(job):
+            job.started = _read_started(job.paths.run_dir / STARTED_FILE, job.attempt)
         return job.started
 
     def queue_name(self, handle: RunHandle) -> str | None:
@@ -170,34 +196,30 @@ class SlurmExecutor:
         return state.reason if state is not None and state.name == "PENDING" else None
 
     def requeued(self, handle: RunHandle) -> bool:
+        # True until `identity` takes up the new attempt: a failed write of the
+        # requeue is tried again.
         job = self._job(handle)
-        self._refresh()
-        if job.started is None or job.state is None or job.state.name != "PENDING":
-            return False
-        job.attempts += 1
-        for path in (job.paths.run_dir / STARTED_FILE, job.paths.exit_record):
-            with contextlib.suppress(OSError):
-                path.rename(path.with_name(f"{path.name}.attempt-{job.attempts}"))
-        job.started = None
-        return True
+        return job.started is not None and job.current_attempt > job.attempt
 
     def reap(self, children: list[RunHandle]) -> list[tuple[RunHandle, int | None]]:
         self._refresh()
         return [(child, None) for child in children if self._ended(self._job(child))]
 
     def is_alive(self, handle: RunHandle) -> bool:
-        self._refresh()
         return not self._ended(self._job(handle))
 
     def tree_gone(self, handle: RunHandle) -> bool:
         # Slurm ends every process of the job (KillWait, then SIGKILL) before
         # the job leaves COMPLETING.
-        self._refresh()
         return self._ended(self._job(handle))
 
     def look(self, handle: RunHandle) -> base.Sight:
-        self._refresh(force=True)
-        verdict = Verdict.GONE if self._ended(self._job(handle)) else Verdict.ALIVE
+        # Reconcile looks at every run: one squeue for them all (see `from_row`).
+        job = self._job(handle)
+        self._refresh()
+        if not job.looked:
+            self._refresh(force=True)
+        verdict = Verdict.GONE if self._ended(job) else Verdict.ALIVE
         return _Sight(verdict)
 
     # --- stopping ------------------------------------------------------------------------
@@ -228,9 +250,17 @@ class SlurmExecutor:
             return outcome.Outcome(RunStatus.FAILED, (
                 f"Slurm job {job.job_id} {state.name}: {FAILING_STATES[state.name]}"
                 f"{_reason(state)}"))
-        record = exitrecord.read(paths.exit_record)
-        if record is not None:
-            return outcome.decide(record, None, last_error, exitrecord.log_tail(paths.log_file))
+        fields = _record_of(paths, job.current_attempt)
+        record = exitrecord.read(paths.exit_record) if fields is not None else None
+        if record is not None and fields is not None:
+            result = outcome.decide(record, None, last_error, exitrecord.log_tail(paths.log_file))
+            stopped = _stopped_by_slurm(job, fields)
+            if stopped and result.status != RunStatus.COMPLETED:
+                # Slurm's SIGTERM before the time limit ended it: the job ends by
+                # itself (COMPLETED or FAILED in Slurm), the cause is the limit.
+                return outcome.Outcome(RunStatus.FAILED, (
+                    f"Slurm job {job.job_id} {stopped}: {result.error_message}"))
+            return result
         name = state.name if state is not None else "gone from squeue"
         if job.started is None:
             return outcome.Outcome(RunStatus.FAILED, (
@@ -259,17 +289,26 @@ class SlurmExecutor:
         if owned.pid is not None and owned.pgid is not None:
             job.started = base.Identity(owned.pid, owned.pgid, owned.process_start_ticks,
                                         owned.boot_id, None)
+            # The attempt the row's pid is of: that of started.json, unless a later
+            # attempt wrote it (requeued while no daemon watched: `requeued` says so).
+            started = job.paths.run_dir / STARTED_FILE
+            job.attempt = _attempt_of(started)
+            if _pid_of(started) not in (None, owned.pid):
+                job.attempt = max(job.attempt - 1, 0)
+        if self._states is not None:
+            # Submitted before this daemon looked: the last look shows it, or it ended.
+            job.state, job.looked = self._states.get(job.job_id), True
         self._jobs[job.job_id] = job
         return job
 
     def find_unrecorded(self, run_id: str) -> RunHandle | None:
         self._refresh(force=True)
         text = self._run(["squeue", "--noheader", "--states=all", f"--user={self._user}",
-                          f"--name=fusion-{run_id}", f"--format={SQUEUE_FORMAT}"])
+                          f"--name=fusion-{run_id}", "-O", SQUEUE_FIELDS])
         for job_id, state in parse_squeue(text).items():
             if state.name in ACTIVE_STATES:
                 paths = RunPaths.under(self.config.runs_dir, run_id)
-                job = SlurmJob(run_id, job_id, paths, state=state, seen=True)
+                job = SlurmJob(run_id, job_id, paths, state=state, looked=True)
                 self._jobs[job_id] = job
                 return job
         return None
@@ -309,7 +348,7 @@ class SlurmExecutor:
         except (OSError, subprocess.TimeoutExpired) as error:
             raise SlurmError(f"{argv[0]}: {error}") from None
         if done.returncode != 0:
-            message = " ".join((done.stderr or done.stdout).split()) or f"exit {done.returncode}"
+            message = _message(argv[0], done.stderr or done.stdout) or f"exit {done.returncode}"
             raise SlurmError(f"{argv[0]}: {message}")
         return done.stdout
 
@@ -320,13 +359,81 @@ class _Sight:
     why: str = ""
 
 
-def _read_started(path: Path) -> base.Identity | None:
+def _read_started(path: Path, attempt: int) -> base.Identity | None:
+    """The started record of that attempt; None if there is none (yet)."""
     try:
         fields = json.loads(path.read_text())
+        if int(fields.get("attempt", 0)) != attempt:
+            return None
         return base.Identity(int(fields["pid"]), int(fields["pgid"]), fields.get("start_ticks"),
                              fields.get("boot_id"), None, node=str(fields.get("host") or ""))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _attempt_of(path: Path) -> int:
+    """The attempt (Slurm's restart count) a started or exit record was written in."""
+    try:
+        return int(json.loads(path.read_text()).get("attempt", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _pid_of(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _record_of(paths: RunPaths, attempt: int) -> dict[str, object] | None:
+    """The exit record's fields if that attempt wrote it (an earlier attempt's, written
+    late, is not this one's); None if there is none."""
+    try:
+        fields = json.loads(paths.exit_record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(fields, dict) or fields.get("attempt", 0) != attempt:
+        return None
+    return fields
+
+
+def _stopped_by_slurm(job: SlurmJob, fields: dict[str, object]) -> str | None:
+    """How to name a SIGTERM that the shim passed on to the simulation: Slurm's warning
+    before the time limit (`--signal`), or another's; None if the shim passed none on."""
+    term_after = fields.get("term_after")
+    if not isinstance(term_after, int | float) or isinstance(term_after, bool):
+        return None
+    when = f"SIGTERM from Slurm after {term_after:.0f} s"
+    text = job.state.time_limit if job.state is not None else ""
+    limit = limit_seconds(text)
+    if limit is None:
+        return f"stopped by {when} (its time limit, or an operator's signal)"
+    if term_after >= limit - SIGNAL_BEFORE_LIMIT - SIGNAL_EARLY_BY:
+        return f"TIMEOUT: stopped at its time limit of {text} ({when}, the warning before it)"
+    return f"stopped by {when}, before its time limit of {text}"
+
+
+def _set_aside(paths: RunPaths, attempt: int) -> None:
+    """Rename what attempts before `attempt` left (started.json, exit.json)."""
+    for path in (paths.run_dir / STARTED_FILE, paths.exit_record):
+        earlier = _attempt_of(path)
+        if path.exists() and earlier < attempt:
+            with contextlib.suppress(OSError):
+                path.rename(path.with_name(f"{path.name}.attempt-{earlier}"))
+
+
+def _message(command: str, text: str) -> str:
+    """A Slurm command's complaint on one line, without the `sbatch: error: ` each of its
+    lines starts with."""
+    lines = []
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        for prefix in (f"{command}: ", "error: "):
+            line = line.removeprefix(prefix)
+        if line:
+            lines.append(line)
+    return "; ".join(lines)
 
 
 def _reason(state: JobState | None) -> str:

@@ -89,7 +89,7 @@ def run(settings: Settings, network: Network, progress: ProgressFile, output_dir
 def _sweep(settings: Settings, network: Network, tally: Tally, running: list[Worker]) -> None:
     context = multiprocessing.get_context("fork")
     waiting = deque(range(len(settings.erlangs)))
-    processes = min(os.cpu_count() or 1, len(settings.erlangs))
+    processes = min(usable_cpus(), len(settings.erlangs))
     while waiting or running:
         while waiting and len(running) < processes:
             _start(context, settings, network, waiting.popleft(), running)
@@ -266,3 +266,11 @@ def _run_point(settings: Settings, network: Network, index: int, results: Connec
     except Exception as exc:
         message = "".join(traceback.format_exception_only(exc)).strip()
         results.send(Failure(message, traceback.format_exc()))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, and a Slurm job's allocation
+    (SLURM_CPUS_PER_TASK, which sbatch's --cpus-per-task sets)."""
+    cpus = len(os.sched_getaffinity(0)) or 1
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cpus, int(allocated)) if allocated.isdigit() and int(allocated) > 0 else cpus

@@ -316,7 +316,8 @@ def test_show_json_of_a_failed_and_a_pending_run(world: World) -> None:
         ).fetchone()
 
     shown = json.loads(failed.stdout)
-    assert set(shown) == {*RUNS_COLUMNS, "worker_id", "run_dir", "exit_record", "outputs"}
+    assert set(shown) == {*RUNS_COLUMNS, "worker_id", "job", "run_dir", "exit_record", "outputs"}
+    assert shown["job"] is None  # the local executor: no Slurm job
     assert shown["worker_id"] == "test"  # the daemon that ran it
     assert shown["outputs"] == []  # no folder outside the run folder was named
     assert shown["status"] == "FAILED" and "exit code 3" in shown["error_message"]
