@@ -45,6 +45,7 @@ class Extras:
     peak_rss_bytes: int | None = None
     queue_position: int | None = None
     worker_id: str | None = None  # the daemon that claimed it (fusion-runner workers)
+    node: str | None = None  # where its Slurm job runs or ran (executor = "slurm")
 
 
 def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
@@ -75,6 +76,7 @@ def gather_extras(
     pending = [row.id for row in rows if row.status == RunStatus.PENDING]
     positions = store.queue_positions(pending) if pending else {}
     workers = store.workers_of(row.id for row in rows)
+    nodes = store.nodes_of(row.id for row in rows)
     extras: dict[str, Extras] = {}
     for row in rows:
         cpu_seconds = peak_rss = None
@@ -83,7 +85,7 @@ def gather_extras(
             record = exitrecord.read(paths.exit_record) if paths is not None else None
             cpu_seconds, peak_rss = view.usage_of(record)
         extras[row.id] = Extras(cpu_seconds, peak_rss, positions.get(row.id),
-                                workers.get(row.id))
+                                workers.get(row.id), nodes.get(row.id))
     return extras
 
 
@@ -141,7 +143,8 @@ def cells(row: Any, now: datetime, extra: Extras) -> dict[str, str]:
     return {
         "ID": row.id, "NAME": row.name or "", "STATUS": row.status, "DONE": done,
         "STARTED": view.local_time(row.started_at, "%m-%d %H:%M"),
-        "WORKER": extra.worker_id or "",
+        # A Slurm run names its node too: the worker submitted it, the node runs it.
+        "WORKER": (extra.worker_id or "") + (f"@{extra.node}" if extra.node else ""),
         "TIME": view.duration(view.elapsed_seconds(row, now)),
         "CPU": view.cpu_text(extra.cpu_seconds) if ended else "",
         "MEM": view.memory_text(extra.peak_rss_bytes) if ended else "",

@@ -176,3 +176,15 @@ class ClientVerbs:
         if row is None:
             return None
         return {"id": row.job_id, "node": row.node, "reason": row.queue_reason}
+
+    def nodes_of(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """The node each run's Slurm job runs or ran on, for the runs that have one."""
+        ids = list(run_ids)
+        if not ids or not inspect(self.engine).has_table(claims.name):
+            return {}
+        if "node" not in {c["name"] for c in inspect(self.engine).get_columns(claims.name)}:
+            return {}
+        query = select(claims.c.run_id, claims.c.node).where(
+            claims.c.run_id.in_(ids) & claims.c.node.is_not(None))
+        with self.engine.connect() as conn:
+            return {str(row.run_id): str(row.node) for row in conn.execute(query)}

@@ -67,6 +67,9 @@ class Config:
     slurm_time_limit: str | None = None
     slurm_extra_args: tuple[str, ...] = ()
     slurm_poll_seconds: float = 2.0
+    # How often at most every live run's progress file and log are read whatever
+    # inotify says: for writes it cannot see (other nodes of a shared file system).
+    progress_poll_seconds: float = 1.0
 
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -170,6 +173,10 @@ _KEYS: dict[str, _Key] = {
     "slurm_extra_args": _Key(
         "argv", "must be a list of strings", lambda v: all(v),
         help="more sbatch options, one shell-style string (never run by a shell)"),
+    "progress_poll_seconds": _Key(
+        "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
+        help="every live run's progress file and log read at least this often "
+             "(writes inotify cannot see: other nodes of a shared file system)"),
     "slurm_poll_seconds": _Key(
         "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
         help="how often at most Slurm is asked about the jobs (one squeue for all)"),

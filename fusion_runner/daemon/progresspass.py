@@ -21,7 +21,7 @@ class ProgressPass(RunsState):
         # Inotify says which files changed; a slow sweep of all covers a missed event.
         sweep = now >= self._next_progress_sweep
         if sweep:
-            self._next_progress_sweep = now + self.config.poll_interval_seconds
+            self._next_progress_sweep = now + self.config.progress_poll_seconds
         for run in self.live.values():
             run.progress_unread |= sweep or run.id in self._progress_changed
             if not run.started:

@@ -17,7 +17,7 @@ from fusion_runner.core.config import KEYS, Config
 
 RELOADABLE = (
     "max_concurrent_runs", "stop_grace_seconds", "log_level",
-    "poll_interval_seconds", "progress_interval_seconds",
+    "poll_interval_seconds", "progress_interval_seconds", "progress_poll_seconds",
 )  # fmt: skip
 
 

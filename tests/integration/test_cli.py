@@ -270,16 +270,16 @@ def test_ls_filters_by_status_limits_and_prints_json(world: World) -> None:
         ids["running"], ids["pending"], *AMBIGUOUS}
     rows = json.loads(newest.stdout)
     assert [row["id"] for row in rows] == list(reversed(AMBIGUOUS))
-    extras = ["cpu_seconds", "peak_rss_bytes", "queue_position", "worker_id"]
+    extras = ["cpu_seconds", "peak_rss_bytes", "queue_position", "worker_id", "node"]
     assert all(list(row) == [*RUNS_COLUMNS, *extras] for row in rows)
     assert [row["queue_position"] for row in rows] == [3, 2]
     by_id = {row["id"]: row for row in json.loads(finals.stdout)}
     assert by_id[ids["failed"]]["cpu_seconds"] > 0
     assert by_id[ids["failed"]]["peak_rss_bytes"] > 1 << 20
-    assert [by_id[ids["cancelled"]][key] for key in extras] == [None, None, None, None]
+    assert [by_id[ids["cancelled"]][key] for key in extras] == [None, None, None, None, None]
     assert by_id[ids["failed"]]["worker_id"] == "test"  # the daemon that ran it
     running = next(row for row in json.loads(active.stdout) if row["id"] == ids["running"])
-    assert [running[key] for key in extras] == [None, None, None, "test"]
+    assert [running[key] for key in extras] == [None, None, None, "test", None]
     assert "2 of 7 runs" in limited.stdout and fits(limited.stdout)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,6 +64,21 @@ def jobs_of(slurm: SlurmCluster, run_id: str) -> list[Job]:
     return [job for job in slurm.jobs() if job.name == f"fusion-{run_id}"]
 
 
+def cli(daemon: Daemon, *args: str) -> str:
+    """A client command on the daemon's database, as a user types it; its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fusion_runner", *args, "--database-url", daemon.url,
+         "--runs-dir", str(daemon.runs_dir)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def shown_lines(text: str) -> list[str]:
+    """`show`'s lines with the padding between label and value made one space."""
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
 def running(client: Client, run_id: str, timeout: float = START_TIMEOUT) -> sqlite3.Row:
     """The row once it is RUNNING with the shim's pid."""
     def started() -> sqlite3.Row | None:
@@ -98,6 +115,8 @@ def test_a_run_is_held_pending_in_the_queue_then_runs_with_progress_and_complete
         "PENDING", None, None, None)
     run_dir = daemon.run_dir(run_id)
     assert not (run_dir / "started.json").exists()
+    waiting = shown_lines(cli(daemon, "show", run_id))
+    assert f"slurm_job {job_id} on -" in waiting and "waiting JobHeldUser" in waiting
 
     slurm.run("scontrol", "release", job_id)
     row = running(client, run_id)
@@ -109,6 +128,9 @@ def test_a_run_is_held_pending_in_the_queue_then_runs_with_progress_and_complete
     assert (recorded["job_id"], recorded["node"], recorded["queue_reason"]) == (
         job_id, slurm.node, None)
     assert slurm.job(job_id).state == "RUNNING"  # type: ignore[union-attr]
+    assert f"slurm_job {job_id} on {slurm.node}" in shown_lines(cli(daemon, "show", run_id))
+    (listed,) = json.loads(cli(daemon, "ls", "--json"))
+    assert (listed["worker_id"], listed["node"]) == ("test", slurm.node)
     # Progress is written while the job runs, not only at its end.
     wait_until(lambda: client.row(run_id)["current_iteration"] == 1, 20, "the first progress")
     assert client.row(run_id)["status"] == "RUNNING"

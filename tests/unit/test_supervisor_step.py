@@ -255,3 +255,21 @@ def test_a_run_claimed_by_another_daemon_is_not_started(
     assert executor.world == {} and daemon.live == {}
     assert store.owned_unfinished(WORKER) == []
     assert status(store) == (RunStatus.RUNNING, False)
+
+
+def test_progress_no_wake_up_announced_is_read_every_progress_poll_seconds(
+    config: Config, store: Store, executor: FakeExecutor
+) -> None:
+    """Writes inotify cannot see (another node of a shared file system) reach the row
+    within progress_poll_seconds."""
+    config = replace(config, progress_poll_seconds=3.0)
+    daemon, _run = started(config, store, executor)
+    daemon.step(0.5)  # the sweep of the first pass is behind us
+    progress = daemon.live[RUN].paths.progress_file
+    progress.write_text('{"erlang": 300.0, "iteration": 2, "total_iterations": 5}\n')
+
+    daemon.step(2.9)  # no wake-up for the file, and the sweep is not due
+    assert store.get_run(RUN).current_iteration is None  # type: ignore[union-attr]
+    daemon.step(3.1)
+
+    assert store.get_run(RUN).current_iteration == 2  # type: ignore[union-attr]
