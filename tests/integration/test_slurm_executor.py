@@ -233,6 +233,29 @@ def test_a_killed_daemon_is_restarted_and_reattaches_to_its_job(
     assert len(finished_lines(daemon, run_id)) == 1
 
 
+def test_a_daemon_restarted_while_its_job_is_queued_reattaches_and_the_run_starts_once(
+        slurm: SlurmCluster, daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = slurm_daemon(daemon_factory, slurm, extra_args="--hold")
+    client = daemon.client()
+    marker = tmp_path / "marker"
+    run_id = client.submit({"sim": {"marker": str(marker)}})
+    job_id = job_id_of(client, run_id)
+    slurm.wait_state(job_id, "PENDING")
+
+    assert daemon.stop(signal.SIGKILL) is not None
+    daemon.start(extra_env=slurm.env)
+    assert f"run={run_id} action=adopted" in daemon.log_text()
+    row = client.row(run_id)
+    assert (row["status"], row["pid"]) == ("PENDING", None)  # still queued, still held
+
+    slurm.run("scontrol", "release", job_id)
+    final = client.wait_final(run_id, timeout=END_TIMEOUT)
+    assert (final["status"], final["error_message"]) == ("COMPLETED", None)
+    assert final["pid"] is not None and final["started_at"] is not None
+    assert marker.read_text() == f"{run_id}\n"  # started once
+    assert [job.id for job in jobs_of(slurm, run_id)] == [job_id]  # submitted once
+
+
 def test_a_restarted_daemon_ends_a_run_whose_job_slurm_no_longer_knows(
         slurm: SlurmCluster, daemon_factory: Callable[..., Daemon]) -> None:
     # What a daemon of worker `test` left of a run whose job ended while no daemon
