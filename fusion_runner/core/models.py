@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -74,6 +74,8 @@ class RunClaim(Base):
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     node: Mapped[str | None] = mapped_column(String(255), nullable=True)
     queue_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # When the daemon found its progress stalled (stall_after_seconds); NULL otherwise.
+    stalled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RunOutput(Base):
@@ -119,6 +121,52 @@ class Worker(Base):
     running: Mapped[int] = mapped_column(Integer, nullable=False)
     # When another daemon declared it lost and failed its RUNNING runs; NULL otherwise.
     lost_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RunResult(Base):
+    """One Erlang point's result of a run: what `fusion-runner results` shows.
+
+    Written by the daemon from each `erlang_complete` progress event (and from
+    `output/*_erlang.json` when the run ends), so that a GUI or a remote client
+    reads results without the run folder.
+    """
+
+    __tablename__ = "fusion_runner_results"
+
+    run_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    erlang: Mapped[float] = mapped_column(Float, primary_key=True)
+    blocking_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The confidence interval's half width (mean ± this); NULL when unknown.
+    blocking_ci: Mapped[float | None] = mapped_column(Float, nullable=True)
+    iterations: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class RunEvent(Base):
+    """A run's history: each thing the daemon did to it, once (never per progress line)."""
+
+    __tablename__ = "fusion_runner_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(12), nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # claimed, started, adopted, cancel_seen, sigterm, sigkill, exited, final,
+    # stalled, requeued, ...
+    event: Mapped[str] = mapped_column(String(40), nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RunMeta(Base):
+    """What a client asked of a run beyond the `runs` table: its parent (a rerun), its
+    priority and whether it is held. A run without a row here has neither."""
+
+    __tablename__ = "fusion_runner_meta"
+
+    run_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    parent_id: Mapped[str | None] = mapped_column(String(12), nullable=True, index=True)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    held: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class SchemaVersion(Base):

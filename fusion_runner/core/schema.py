@@ -47,7 +47,10 @@ from fusion_runner.core.models import (
     RUNS_COLUMNS,
     Run,
     RunClaim,
+    RunEvent,
+    RunMeta,
     RunOutput,
+    RunResult,
     SchemaVersion,
     Worker,
 )
@@ -56,9 +59,12 @@ runs = cast(Table, Run.__table__)
 claims = cast(Table, RunClaim.__table__)
 outputs = cast(Table, RunOutput.__table__)
 workers = cast(Table, Worker.__table__)
+results = cast(Table, RunResult.__table__)
+events = cast(Table, RunEvent.__table__)
+meta = cast(Table, RunMeta.__table__)
 schema_version = cast(Table, SchemaVersion.__table__)
 # The daemon's own tables: those the version describes.
-DAEMON_TABLES = (claims, outputs, workers)
+DAEMON_TABLES = (claims, outputs, workers, results, events, meta)
 # The key of the transaction-level advisory lock that serialises schema changes
 # on PostgreSQL (a signed 64-bit constant; changing it lets two versions race).
 SCHEMA_LOCK_KEY = int.from_bytes(
@@ -119,6 +125,8 @@ STEPS: tuple[Step, ...] = (
          _create_tables(workers)),
     Step(5, "claims: queued_at, job_id, node, queue_reason (executors with a queue: Slurm)",
          _add_columns(claims, "queued_at", "job_id", "node", "queue_reason")),
+    Step(6, "results, events (history), meta (lineage, priority, hold); claims: stalled_at",
+         _steps(_create_tables(results, events, meta), _add_columns(claims, "stalled_at"))),
 )  # fmt: skip
 LATEST_VERSION = STEPS[-1].version
 
@@ -205,7 +213,9 @@ def detect_version(conn: Connection) -> int:
         return 3
     if "job_id" not in columns:
         return 4
-    return 5
+    if "stalled_at" not in columns or meta.name not in tables:
+        return 5
+    return 6
 
 
 def _store_version(conn: Connection, version: int) -> None:

@@ -24,7 +24,7 @@ from tests.legacy_schema import columns, downgrade_claims
 from tests.systemd_sandbox import skip_or_fail
 
 NEW_COLUMNS = ["process_start_ticks", "boot_id", "log_offset", "queued_at", "job_id", "node",
-               "queue_reason"]
+               "queue_reason", "stalled_at"]
 NOBODY = 65534
 # Run inside a new mount namespace: mount a /proc that hides other users'
 # processes (what systemd's ProtectProc=invisible mounts), then become nobody.

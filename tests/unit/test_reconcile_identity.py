@@ -200,8 +200,8 @@ def test_missing_claim_columns_are_added_and_the_runs_table_is_left_alone(
 
     with sqlite3.connect(tmp_path / "legacy.db") as connection:
         claims = columns(connection, "fusion_runner_claims")
-        assert claims[-7:] == ["process_start_ticks", "boot_id", "log_offset", "queued_at",
-                               "job_id", "node", "queue_reason"]
+        assert claims[-8:] == ["process_start_ticks", "boot_id", "log_offset", "queued_at",
+                               "job_id", "node", "queue_reason", "stalled_at"]
         assert columns(connection, "runs") == runs_before
     connection.close()
 

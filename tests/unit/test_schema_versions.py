@@ -22,6 +22,7 @@ from fusion_runner.core.store import Store
 from tests.legacy_schema import RUNS_TABLE, columns, create_legacy_database
 
 DAEMON_TABLES = {"fusion_runner_claims", "fusion_runner_outputs", "fusion_runner_workers",
+                 "fusion_runner_results", "fusion_runner_events", "fusion_runner_meta",
                  "fusion_runner_schema"}
 # The claims table as version 2 had it: identity columns, no log_offset.
 V2_CLAIMS_COLUMNS = ["run_id", "worker_id", "claimed_at", "pid", "pgid", "process_start_time",
@@ -61,7 +62,7 @@ def open_store(url: str) -> None:
 def test_the_steps_are_in_order_and_end_at_the_latest_version() -> None:
     versions = [step.version for step in schema.STEPS]
     assert versions == list(range(2, 2 + len(versions)))
-    assert schema.LATEST_VERSION == versions[-1] == 5
+    assert schema.LATEST_VERSION == versions[-1] == 6
 
 
 def test_an_empty_database_gets_every_table_at_the_latest_version(tmp_path: Path) -> None:
@@ -91,9 +92,9 @@ def test_a_first_release_database_is_upgraded_step_by_step_keeping_its_rows(
     assert tables(database) == DAEMON_TABLES | {"runs"}
     assert stored_version(database) == [schema.LATEST_VERSION]
     with sqlite3.connect(database) as connection:
-        assert columns(connection, "fusion_runner_claims")[-7:] == [
+        assert columns(connection, "fusion_runner_claims")[-8:] == [
             "process_start_ticks", "boot_id", "log_offset", "queued_at", "job_id", "node",
-            "queue_reason"]
+            "queue_reason", "stalled_at"]
         assert columns(connection, "runs") == runs_before  # never altered
         kept = connection.execute("SELECT run_id, worker_id, pid, log_offset "
                                   "FROM fusion_runner_claims").fetchall()
