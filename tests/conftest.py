@@ -199,6 +199,9 @@ class Daemon:
             "poll-interval-seconds": "0.5",
             "worker-id": "test",
             "log-level": "DEBUG",
+            # Tests of many runs at once on a machine of few CPUs: the test sims take 1
+            # core each; tests of admission by cores set their own.
+            "max-cores": "256",
         } | self.settings
         argv = [sys.executable, "-m", "fusion_runner", "daemon"]
         for key, value in options.items():

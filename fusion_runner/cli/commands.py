@@ -1,4 +1,4 @@
-"""The client commands: submit, logs, watch (SPEC §9; `ls`, `show` and `cancel` have modules).
+"""The client commands logs and watch (SPEC §9; `submit`, `ls`, `show`, `cancel` have modules).
 
 Each takes the parsed arguments and the configuration and returns the exit
 status; a problem is raised (UsageError, UnknownRun, ...) and `cli.main`
@@ -18,11 +18,8 @@ from fusion_runner.cli import lookup, simlog, watch
 from fusion_runner.cli.exitcodes import EXIT_INTERRUPTED, EXIT_OK
 from fusion_runner.cli.lookup import UsageError
 from fusion_runner.core import config as config_module
-from fusion_runner.core import inifile, runconfig, rundir
-from fusion_runner.core.errors import InvalidRun, UnknownRun
+from fusion_runner.core.errors import UnknownRun
 from fusion_runner.core.status import RunStatus
-
-MAX_NAME, MAX_TEMPLATE = 255, 100  # String(255), String(100) of SPEC §1
 
 
 def console() -> Console:
@@ -32,45 +29,6 @@ def console() -> Console:
 
 def print_json(value: object) -> None:
     print(json.dumps(value, indent=2))
-
-
-# --- submit --------------------------------------------------------------------------
-
-
-def cmd_submit(args: argparse.Namespace, settings: config_module.Config) -> int:
-    try:
-        config = inifile.read_ini(args.ini)
-    except InvalidRun as error:
-        raise UsageError(str(error)) from None
-    for assignment in args.set:
-        apply_setting(config, assignment)
-    config_json = inifile.to_config_json(config)
-    try:
-        runconfig.parse_config_json(config_json)
-    except InvalidRun as error:
-        raise UsageError(f"{args.ini}: {error}") from None
-    name = args.name if args.name is not None else args.ini.stem
-    template = args.template if args.template is not None else args.ini.name
-    if len(name) > MAX_NAME or len(template) > MAX_TEMPLATE:
-        raise UsageError(f"--name is at most {MAX_NAME} characters, "
-                         f"--template at most {MAX_TEMPLATE}")
-    run_id = rundir.new_run_id()
-    with lookup.open_store(settings) as store:
-        store.insert_run(run_id, name=name, config_json=config_json, template=template)
-    if args.json:
-        print_json({"id": run_id})
-    else:
-        print(run_id)
-    return EXIT_OK
-
-
-def apply_setting(config: dict[str, dict[str, object]], assignment: str) -> None:
-    """`section.key=value` into config; the value typed as an INI file's would be."""
-    target, equals, text = assignment.partition("=")
-    section, dot, key = target.strip().partition(".")
-    if not (equals and dot and section and key.strip()):
-        raise UsageError(f"--set {assignment!r}: expected section.key=value")
-    config.setdefault(section, {})[key.strip()] = inifile.ini_value(text.strip())
 
 
 # --- ls's --status (the command is listing.py's) ------------------------------------

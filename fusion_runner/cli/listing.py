@@ -43,9 +43,11 @@ class Extras:
 
     cpu_seconds: float | None = None
     peak_rss_bytes: int | None = None
-    queue_position: int | None = None
+    queue_position: int | str | None = None  # "held": a client holds it
     worker_id: str | None = None  # the daemon that claimed it (fusion-runner workers)
     node: str | None = None  # where its Slurm job runs or ran (executor = "slurm")
+    # Since when its progress is marked stalled (ISO 8601); STATUS shows `RUNNING*`.
+    stalled_at: str | None = None
 
 
 def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
@@ -63,6 +65,8 @@ def cmd_ls(args: argparse.Namespace, settings: config_module.Config) -> int:
         out.print("no runs" + (f" with status {', '.join(statuses)}" if statuses else ""))
         return EXIT_OK
     out.print(ls_table(rows, utcnow(), out.width, extras))
+    if any(row.status == RunStatus.RUNNING and extras[row.id].stalled_at for row in rows):
+        out.print(Text(view.STALLED_LEGEND, style="dim"))
     if total > len(rows):
         out.print(Text(f"{len(rows)} of {total} runs; --limit 0 lists them all", style="dim"))
     return EXIT_OK
@@ -77,6 +81,7 @@ def gather_extras(
     positions = store.queue_positions(pending) if pending else {}
     workers = store.workers_of(row.id for row in rows)
     nodes = store.nodes_of(row.id for row in rows)
+    stalled = store.stalled_of(row.id for row in rows)
     extras: dict[str, Extras] = {}
     for row in rows:
         cpu_seconds = peak_rss = None
@@ -85,7 +90,8 @@ def gather_extras(
             record = exitrecord.read(paths.exit_record) if paths is not None else None
             cpu_seconds, peak_rss = view.usage_of(record)
         extras[row.id] = Extras(cpu_seconds, peak_rss, positions.get(row.id),
-                                workers.get(row.id), nodes.get(row.id))
+                                workers.get(row.id), nodes.get(row.id),
+                                view.iso(stalled.get(row.id)))
     return extras
 
 
@@ -141,7 +147,8 @@ def cells(row: Any, now: datetime, extra: Extras) -> dict[str, str]:
     # CPU and memory are measured when the simulation ends: blank until then.
     ended = row.status not in ACTIVE_STATUSES
     return {
-        "ID": row.id, "NAME": row.name or "", "STATUS": row.status, "DONE": done,
+        "ID": row.id, "NAME": row.name or "",
+        "STATUS": view.status_label(row.status, extra.stalled_at is not None), "DONE": done,
         "STARTED": view.local_time(row.started_at, "%m-%d %H:%M"),
         # A Slurm run names its node too: the worker submitted it, the node runs it.
         "WORKER": (extra.worker_id or "") + (f"@{extra.node}" if extra.node else ""),
@@ -154,5 +161,5 @@ def cells(row: Any, now: datetime, extra: Extras) -> dict[str, str]:
 
 def cell_style(column: str, text: str) -> str:
     if column == "STATUS":
-        return view.STATUS_STYLES.get(text, "")
+        return view.STATUS_STYLES.get(text.removesuffix(view.STALLED_MARK), "")
     return "red" if column == "ERROR" else ""

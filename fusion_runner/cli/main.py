@@ -20,8 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from fusion_runner import __version__
 from fusion_runner.cli import cancel as cancel_module
 from fusion_runner.cli import commands, completion, effective_config
+from fusion_runner.cli import hold as hold_module
 from fusion_runner.cli import listing as listing_module
+from fusion_runner.cli import prune as prune_module
+from fusion_runner.cli import results as results_module
 from fusion_runner.cli import show as show_module
+from fusion_runner.cli import submit as submit_module
 from fusion_runner.cli import workers as workers_module
 from fusion_runner.cli.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from fusion_runner.cli.lookup import MIN_PREFIX, UsageError
@@ -122,13 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     shells.add_argument("shell", choices=completion.SHELLS)
     shells.set_defaults(command=completion.cmd_completion, uses_settings=False)
 
-    submit = command("submit", commands.cmd_submit, "queue a run from an INI file; print its id")
-    submit.add_argument("ini", metavar="CONFIG.ini", type=Path)
-    submit.add_argument("--name", help="display name (default: the file's stem)")
-    submit.add_argument("--template", help="template name (default: the file's name)")
-    submit.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="set or override one value of the INI file (repeatable)")
-    submit.add_argument("--json", action="store_true", help='print {"id": ...}')
+    submit = command("submit", submit_module.cmd_submit,
+                     "queue runs from INI files (and --sweep values); print one id per line")
+    submit_module.add_submit_arguments(submit)
+    submit.add_argument("--priority", type=int, default=0, metavar="N",
+                        help="higher starts first (default 0; may be negative); "
+                             "runs of one priority start oldest first")
 
     ls = command("ls", listing_module.cmd_ls, "list runs, newest first")
     ls.add_argument("--status", action="append", type=commands.status_list, metavar="S",
@@ -141,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "every column of a run, its directory, exit record and log's end")
     show.add_argument("id", metavar="ID", help=ID_HELP)
     show.add_argument("--json", action="store_true", help="a JSON object")
+
+    results = command("results", results_module.cmd_results,
+                      "blocking probability per Erlang load: mean, confidence interval, "
+                      "iterations; several runs side by side")
+    results.add_argument("ids", nargs="+", metavar="ID", help=ID_HELP)
+    results_format = results.add_mutually_exclusive_group()
+    results_format.add_argument("--csv", action="store_true",
+                                help="one header line and one line per run and Erlang load")
+    results_format.add_argument("--json", action="store_true",
+                                help='a JSON list of {"id", "name", "points"}')
+    results.add_argument("--plot", type=Path, metavar="FILE.png",
+                         help="also draw blocking probability against load, one line per "
+                              "run with its confidence band (needs the plot extra)")
 
     workers = command("workers", workers_module.cmd_workers,
                       "the daemons sharing the database: host, heartbeat, runs; alive or not",
@@ -168,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--json", action="store_true",
                         help='a JSON list of {"id", "before", "cancelled"}; never asks, so '
                              "on a terminal a filter needs --yes")
+
+    rerun = command("rerun", submit_module.cmd_rerun,
+                    "queue a run again with the same config and template (plus --set changes)")
+    submit_module.add_rerun_arguments(rerun, ID_HELP)
+
+    prune = command("prune", prune_module.cmd_prune, prune_module.HELP)
+    prune_module.add_arguments(prune, commands.status_list)
+
+    hold = command("hold", hold_module.cmd_hold, hold_module.HOLD_HELP)
+    hold.add_argument("ids", nargs="+", metavar="ID", help=f"{ID_HELP} (a PENDING run)")
+    release = command("release", hold_module.cmd_release, hold_module.RELEASE_HELP)
+    release.add_argument("ids", nargs="+", metavar="ID", help=ID_HELP)
 
     watch = command("watch", commands.cmd_watch,
                     "live progress bars until the runs end (exit 0 if all COMPLETED)")

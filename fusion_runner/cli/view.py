@@ -31,6 +31,9 @@ STATUS_STYLES = {
 }
 UNFINISHED_AT_MOST = 0.99
 BAR_STYLES = {RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow", DELETED: "magenta"}
+# A RUNNING run whose progress the daemon marked stalled (stall_after_seconds).
+STALLED_MARK = "*"
+STALLED_LEGEND = "* stalled: its progress has not moved for the daemon's stall_after_seconds"
 
 
 class RunRow(Protocol):
@@ -81,18 +84,20 @@ class Snapshot:
     current_iteration: int | None
     total_iterations: int | None
     fraction: float | None = None
+    stalled: bool = False  # its progress marked stalled by the daemon
 
     @classmethod
-    def of(cls, row: RunRow, previous: Snapshot | None = None) -> Snapshot:
+    def of(cls, row: RunRow, previous: Snapshot | None = None, stalled: bool = False
+           ) -> Snapshot:
         columns = {field.name: getattr(row, field.name) for field in dataclasses.fields(cls)
-                   if field.name != "fraction"}
+                   if field.name not in ("fraction", "stalled")}
         fraction = fraction_done(row)
         if row.status != RunStatus.COMPLETED:
             if previous is not None and previous.fraction is not None:
                 fraction = max(fraction or 0.0, previous.fraction)
             if fraction is not None:
                 fraction = min(fraction, UNFINISHED_AT_MOST)
-        return cls(**columns, fraction=fraction)
+        return cls(**columns, fraction=fraction, stalled=stalled)
 
     def deleted(self) -> Snapshot:
         return dataclasses.replace(self, status=DELETED)
@@ -186,7 +191,8 @@ def summary_line(row: Snapshot, now: datetime) -> str:
     """The table's row as one plain line, for output that is not a terminal."""
     name = row.name or ""
     name = name if len(name) <= 14 else name[:13] + "…"
-    return (f"{row.id:<12}  {name:<14}  {row.status:<9}  E {erlang_text(row):>5}  "
+    status = status_label(row.status, row.stalled)
+    return (f"{row.id:<12}  {name:<14}  {status:<9}  E {erlang_text(row):>5}  "
             f"it {iteration_text(row):>7}  {percent_text(row):>4}  "
             f"{duration(elapsed_seconds(row, now)):>6}")
 
@@ -213,7 +219,12 @@ def row_json(row: Any) -> dict[str, Any]:
 
 
 def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return Text(status, style=STATUS_STYLES.get(status.removesuffix(STALLED_MARK), ""))
+
+
+def status_label(status: str, stalled: bool) -> str:
+    """The status as shown: `RUNNING*` for a running run whose progress is stalled."""
+    return status + STALLED_MARK if stalled and status == RunStatus.RUNNING else status
 
 
 # --- the table ------------------------------------------------------------------------
@@ -241,7 +252,8 @@ def runs_table(rows: Sequence[Snapshot], now: datetime) -> Table:
     for row in rows:
         left = remaining_seconds(row, now)
         table.add_row(
-            Text(row.id), Text(row.name or ""), status_text(row.status),
+            Text(row.id), Text(row.name or ""), status_text(status_label(row.status,
+                                                                         row.stalled)),
             Text(erlang_text(row)), Text(iteration_text(row)), progress_bar(row),
             Text(percent_text(row)), Text(duration(elapsed_seconds(row, now))),
             Text("-" if left is None else "~" + duration(left)),
@@ -293,6 +305,9 @@ def memory_text(size: int | None) -> str:
     return f"{value:.1f}P" if value < 9.95 else f"{value:.0f}P"
 
 
-def queue_text(position: int | None) -> str:
-    """A pending run's place in the daemon's queue: `#1` is the run it starts next."""
+def queue_text(position: int | str | None) -> str:
+    """A pending run's place in the daemon's queue: `#1` is the run it starts next;
+    `held` while a client holds it."""
+    if isinstance(position, str):
+        return position
     return "-" if position is None else f"#{position}"

@@ -1,7 +1,8 @@
 """`fusion-runner watch`: live progress bars until the watched runs have ended.
 
-It reads only the `runs` table, a poll every POLL_SECONDS, so it follows runs
-of any host and changes nothing: Ctrl-C stops the watching, never a run.
+It reads the `runs` table, a poll every POLL_SECONDS (and, while runs are
+RUNNING, which of them the daemon marked stalled: `RUNNING*`), so it follows
+runs of any host and changes nothing: Ctrl-C stops the watching, never a run.
 `--once` prints the table (or, with `--json`, the rows) once and exits.
 `Display` is also what `demo` draws with; `CtrlC` is how `watch` and `logs -f`
 end within a second of a Ctrl-C.
@@ -175,7 +176,8 @@ class Display:
             self.live.update(self._table(rows, now, footer), refresh=True)
             return
         for row in rows:
-            key = (row.status, view.erlang_text(row), view.iteration_text(row))
+            key = (view.status_label(row.status, row.stalled), view.erlang_text(row),
+                   view.iteration_text(row))
             if self.shown.get(row.id) != key:
                 self.shown[row.id] = key
                 self.console.print(Text(view.summary_line(row, now)), soft_wrap=True)
@@ -205,16 +207,20 @@ class Watch:
         self.order: list[str] = list(ids or [])
         self.rows: dict[str, view.Snapshot] = {}
         self.fetched: dict[str, Any] = {}  # the rows as last read, every column
+        self.stalled: dict[str, datetime] = {}  # RUNNING runs marked stalled: since when
 
     def poll(self) -> None:
         if self.follow_all:
             active = sorted(self.store.select_runs(ACTIVE_STATUSES), key=lambda row: row.created_at)
             self.order += [row.id for row in active if row.id not in self.rows]
         self.fetched = fetched = self.store.get_runs(self.order)
+        running = [run_id for run_id, row in fetched.items() if row.status == RunStatus.RUNNING]
+        self.stalled = self.store.stalled_of(running) if running else {}
         for run_id in self.order:
             row = fetched.get(run_id)
             if row is not None:
-                self.rows[run_id] = view.Snapshot.of(row, self.rows.get(run_id))
+                self.rows[run_id] = view.Snapshot.of(row, self.rows.get(run_id),
+                                                     stalled=run_id in self.stalled)
             elif run_id in self.rows:
                 self.rows[run_id] = self.rows[run_id].deleted()
 
@@ -226,7 +232,10 @@ class Watch:
 
     def footer(self) -> str:
         queued = sum(row.status == RunStatus.PENDING for row in self.rows.values())
-        return f"{queued} queued" if self.follow_all and queued else ""
+        lines = [f"{queued} queued"] if self.follow_all and queued else []
+        if any(row.stalled and row.status == RunStatus.RUNNING for row in self.shown()):
+            lines.append(view.STALLED_LEGEND)
+        return "\n".join(lines)
 
     def ended(self) -> bool:
         return all(view.has_ended(row) for row in self.rows.values())
@@ -290,5 +299,6 @@ def once_json(store: Store, ids: Sequence[str] | None) -> list[dict[str, Any]]:
         if row is not None:
             fraction = watch.rows[run_id].fraction
             percent = None if fraction is None else int(fraction * 100)
-            shown.append(view.row_json(row) | {"percent": percent})
+            shown.append(view.row_json(row) | {"percent": percent,
+                                               "stalled_at": view.iso(watch.stalled.get(run_id))})
     return shown

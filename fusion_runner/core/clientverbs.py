@@ -11,11 +11,12 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, inspect, select
+from sqlalchemy import Engine, func, insert, inspect, select, true
 from sqlalchemy.engine import Row
 
 from fusion_runner.core.clock import utcnow
-from fusion_runner.core.schema import claims, outputs, runs
+from fusion_runner.core.queueverbs import HELD, NOT_HELD, QUEUE_FROM, QUEUE_ORDER
+from fusion_runner.core.schema import claims, meta, outputs, runs
 from fusion_runner.core.status import RunStatus
 
 
@@ -120,23 +121,37 @@ class ClientVerbs:
             value = conn.execute(query).scalar_one_or_none()
         return None if value is None else str(value)
 
-    def queue_positions(self, run_ids: Iterable[str]) -> dict[str, int]:
+    def queue_positions(self, run_ids: Iterable[str]) -> dict[str, int | str]:
         """Where each PENDING run of `run_ids` stands in the daemon's queue, by id.
 
-        1 is the run the daemon claims next: oldest `created_at` first, ties by
-        id, as `Store.claim_next` takes them. Runs that are not PENDING are left
-        out. One query; a long list of ids is filtered here rather than bound.
+        1 is the run the daemon claims next: higher priority first, then oldest
+        `created_at`, ties by id, as `Store.claim_next` takes them (queueverbs.py);
+        a run a client holds is `"held"`, outside the count. Runs that are not
+        PENDING are left out. One query (two on a database without the meta
+        table); a long list of ids is filtered here rather than bound.
         """
         ids = set(run_ids)
         if not ids:
             return {}
-        place = func.row_number().over(order_by=(runs.c.created_at, runs.c.id)).label("place")
-        queue = select(runs.c.id, place).where(runs.c.status == RunStatus.PENDING).subquery()
+        with_meta = inspect(self.engine).has_table(meta.name)
+        order = QUEUE_ORDER if with_meta else (runs.c.created_at, runs.c.id)
+        waiting = (runs.c.status == RunStatus.PENDING) & (NOT_HELD if with_meta else true())
+        place = func.row_number().over(order_by=order).label("place")
+        queue = (select(runs.c.id, place).select_from(QUEUE_FROM if with_meta else runs)
+                 .where(waiting).subquery())
         query = select(queue.c.id, queue.c.place)
+        held = select(runs.c.id).select_from(QUEUE_FROM).where(
+            (runs.c.status == RunStatus.PENDING) & ~NOT_HELD)
         if len(ids) <= 500:  # far below the bound parameters a database takes (SQLite: 32766)
             query = query.where(queue.c.id.in_(sorted(ids)))
+            held = held.where(runs.c.id.in_(sorted(ids)))
         with self.engine.connect() as conn:
-            return {str(row.id): int(row.place) for row in conn.execute(query) if row.id in ids}
+            places: dict[str, int | str] = {
+                str(row.id): int(row.place) for row in conn.execute(query) if row.id in ids}
+            if with_meta:
+                places |= {str(run_id): HELD for run_id in conn.execute(held).scalars()
+                           if run_id in ids}
+        return places
 
     def select_cancellable(
         self, statuses: Iterable[str] | None = None, name_glob: str | None = None

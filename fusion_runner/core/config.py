@@ -36,6 +36,7 @@ log = logging.getLogger("fusion_runner")
 SHUTDOWN_MODES = ("detach", "terminate")
 PROGRESS_SOURCES = ("auto", "file", "log")
 EXECUTORS = ("local", "slurm")
+STALL_ACTIONS = ("warn", "cancel")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SQLITE = "sqlite:///"
@@ -49,6 +50,8 @@ class Config:
     runs_dir: Path = Path("data/gui_runs")
     sim_command: tuple[str, ...] = DEFAULT_SIM_COMMAND
     max_concurrent_runs: int = 1
+    # Cores of live runs at most (core/cores.py counts a run's); default: this machine's CPUs.
+    max_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     stop_grace_seconds: float = 10.0
     poll_interval_seconds: float = 1.0
     on_shutdown: str = "detach"  # "detach" | "terminate"
@@ -70,6 +73,10 @@ class Config:
     # How often at most every live run's progress file and log are read whatever
     # inotify says: for writes it cannot see (other nodes of a shared file system).
     progress_poll_seconds: float = 1.0
+    # A RUNNING run whose progress columns have not moved for this long is marked
+    # stalled (0: never); then "warn" (marked, logged) or "cancel" (stopped, FAILED).
+    stall_after_seconds: float = 0.0
+    on_stall: str = "warn"  # "warn" | "cancel"
 
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -128,6 +135,10 @@ _KEYS: dict[str, _Key] = {
     "max_concurrent_runs": _Key(
         "int", "must be an integer >= 1", lambda v: v >= 1,
         help="runs executing at once"),
+    "max_cores": _Key(
+        "int", "must be an integer >= 1", lambda v: v >= 1,
+        help="cores the live runs take at most, each run counted by the processes it runs "
+             "(default: this machine's CPUs); a larger run starts alone"),
     "stop_grace_seconds": _Key(
         "float", "must be a finite number >= 0", lambda v: math.isfinite(v) and v >= 0,
         help="seconds between SIGTERM and SIGKILL when stopping a run"),
@@ -177,6 +188,13 @@ _KEYS: dict[str, _Key] = {
         "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
         help="every live run's progress file and log read at least this often "
              "(writes inotify cannot see: other nodes of a shared file system)"),
+    "stall_after_seconds": _Key(
+        "float", "must be a finite number >= 0 (0: off)", lambda v: math.isfinite(v) and v >= 0,
+        help="a RUNNING run whose progress has not moved for this many seconds is marked "
+             "stalled (0, the default: never)"),
+    "on_stall": _Key(
+        "str", "must be 'warn' or 'cancel'", lambda v: v in STALL_ACTIONS,
+        help="what a stall does: warn (marked and logged) or cancel (stopped, FAILED)"),
     "slurm_poll_seconds": _Key(
         "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
         help="how often at most Slurm is asked about the jobs (one squeue for all)"),
@@ -366,6 +384,8 @@ def load(
 def _default_text(key: str) -> str:
     if key == "worker_id":
         return "the host name"
+    if key == "max_cores":
+        return "this machine's CPUs"
     if key == "templates_dir":
         return "unset: config_json is the whole configuration"
     default = getattr(Config, key)

@@ -50,6 +50,49 @@ class Progress:
         return {name: getattr(self, name) for name in PROGRESS_COLUMNS}
 
 
+@dataclass(frozen=True)
+class ErlangResult:
+    """An `erlang_complete` event's metrics: one Erlang point's result (None: not said)."""
+
+    erlang: float
+    blocking_mean: float | None
+    blocking_ci: float | None  # the interval's half width
+    iterations: int | None
+
+
+def erlang_result(
+    record: dict[str, object], iterations: int | None
+) -> tuple[ErlangResult | None, list[str]]:
+    """The result an `erlang_complete` record gives (None without a valid `erlang`).
+
+    `metrics.mean_blocking`, and the half width of [`ci_lower`, `ci_upper`]
+    around it: the larger side, as the simulation may clip the interval to
+    [0, 1]. `iterations`, which the event does not carry, is the caller's
+    count of the point's iterations. A wrongly typed metric is skipped alone.
+    """
+    erlang = as_float(record.get("erlang"))
+    if erlang is None:
+        return None, []  # described by apply_record (or absent: nothing to keep)
+    metrics = record.get("metrics")
+    if metrics is None:
+        metrics = {}
+    if type(metrics) is not dict:
+        return ErlangResult(erlang, None, None, iterations), [
+            f"metrics: not an object: {_short(metrics)}"]
+    problems: list[str] = []
+    values: dict[str, float | None] = {}
+    for key in ("mean_blocking", "ci_lower", "ci_upper"):
+        value = metrics.get(key)
+        values[key] = as_float(value)
+        if value is not None and values[key] is None:
+            problems.append(f"metrics.{key}: not a number: {_short(value)}")
+    mean, lower, upper = values["mean_blocking"], values["ci_lower"], values["ci_upper"]
+    half = None
+    if mean is not None and lower is not None and upper is not None:
+        half = max(upper - mean, mean - lower, 0.0)
+    return ErlangResult(erlang, mean, half, iterations), problems
+
+
 def apply_line(progress: Progress, line: bytes) -> list[str]:
     """Apply one complete line (without its newline); return what was skipped and why."""
     record, problems = parse_line(line)
@@ -281,15 +324,51 @@ class LineReader:
 
 
 class ProgressReader(LineReader):
-    """Incremental reader of one run's progress.jsonl."""
+    """Incremental reader of one run's progress.jsonl.
+
+    Besides the columns it keeps each `erlang_complete` event's result until
+    `take_results`, with the iterations seen of that Erlang point (else
+    `total_iterations`, e.g. after a restart that resumed past them).
+    """
 
     # Whether the file has had a valid line: then, with progress_source "auto",
     # it alone drives the columns (a truncation does not take that back).
     spoken = False
+
+    def __init__(self, path: Path, *, offset: int = 0, progress: Progress | None = None) -> None:
+        super().__init__(path, offset=offset, progress=progress)
+        self._results: dict[float, ErlangResult] = {}  # not yet taken, by Erlang
+        self._iterations: dict[float, int] = {}  # highest iteration seen per Erlang
+
+    def take_results(self) -> list[ErlangResult]:
+        """The results of the `erlang_complete` events read since the last call; clears."""
+        results, self._results = list(self._results.values()), {}
+        return results
 
     def _apply_line(self, line: bytes) -> list[str]:
         record, problems = parse_line(line)
         if record is None:
             return problems
         self.spoken = True
-        return apply_record(self.progress, record)
+        problems = apply_record(self.progress, record)
+        kind = record.get("type", _NO_TYPE)
+        if kind == "erlang_complete":
+            problems += self._keep_result(record)
+        elif self.progress.current_erlang is not None and "iteration" in record:
+            iteration = as_count(record["iteration"])
+            if iteration is not None:
+                erlang = self.progress.current_erlang
+                self._iterations[erlang] = max(iteration, self._iterations.get(erlang, 0))
+        return problems
+
+    def _start_over(self) -> None:
+        super()._start_over()
+        self._iterations = {}  # a new file: results not yet taken are kept
+
+    def _keep_result(self, record: dict[str, object]) -> list[str]:
+        erlang = as_float(record.get("erlang"))
+        seen = self._iterations.get(erlang) if erlang is not None else None
+        result, problems = erlang_result(record, seen or self.progress.total_iterations)
+        if result is not None:
+            self._results[result.erlang] = result
+        return problems

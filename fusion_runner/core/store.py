@@ -10,7 +10,7 @@ tables (schema.py) and the client commands' verbs (clientverbs.py) live beside i
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,11 @@ from fusion_runner.core.clientverbs import ClientVerbs
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.engine import make_engine as make_engine  # re-exported: callers use it here
 from fusion_runner.core.errors import DatabaseError
-from fusion_runner.core.progress import PROGRESS_COLUMNS
+from fusion_runner.core.eventverbs import EventVerbs
+from fusion_runner.core.metaverbs import MetaVerbs
+from fusion_runner.core.queueverbs import NOT_HELD, QUEUE_FROM, QUEUE_ORDER, QueueVerbs
+from fusion_runner.core.resultverbs import ResultVerbs
+from fusion_runner.core.runrecords import OWNED_COLUMNS, owned_run
 from fusion_runner.core.runrecords import ClaimedRun as ClaimedRun  # re-exported
 from fusion_runner.core.runrecords import OwnedRun as OwnedRun  # re-exported
 from fusion_runner.core.schema import claims, outputs, runs
@@ -39,16 +43,22 @@ CLAIM_CANDIDATES = 8
 DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DatabaseError)
 
 
+# Asked about the head of the queue before it is claimed: whether it may start now.
+Admit = Callable[[ClaimedRun], bool]
+
 # Hot statements are built once: building a statement costs more than running
 # it on SQLite (~0.2 ms against ~0.05 ms here).
 # A PENDING run that waits in an executor's queue (Slurm) is held by the
 # daemon that put it there: no other daemon takes it.
 _HELD = (claims.c.queued_at.is_not(None)) & claims.c.pid.is_(None)
 _HELD_RUN = select(claims.c.run_id).where((claims.c.run_id == runs.c.id) & _HELD).exists()
+# The queue's head: higher priority first, then oldest; runs a client holds are
+# skipped (queueverbs.py, fusion_runner_meta).
 _OLDEST_PENDING = (
     select(runs.c.id, runs.c.config_json, runs.c.template)
-    .where((runs.c.status == RunStatus.PENDING) & ~_HELD_RUN)
-    .order_by(runs.c.created_at, runs.c.id)
+    .select_from(QUEUE_FROM)
+    .where((runs.c.status == RunStatus.PENDING) & ~_HELD_RUN & NOT_HELD)
+    .order_by(*QUEUE_ORDER)
     .limit(CLAIM_CANDIDATES)
 )
 _STATUSES = select(runs.c.id, runs.c.status).where(
@@ -78,7 +88,7 @@ def _conditional_update_statement(columns: tuple[str, ...]) -> Update:
     )
 
 
-class Store(ClientVerbs, WorkerVerbs):
+class Store(ClientVerbs, WorkerVerbs, MetaVerbs, ResultVerbs, QueueVerbs, EventVerbs):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._is_sqlite = engine.dialect.name == "sqlite"
@@ -126,36 +136,51 @@ class Store(ClientVerbs, WorkerVerbs):
         self._data_version = version
         return changed
 
-    def claim_next(self, worker_id: str, busy: Collection[str] = ()) -> ClaimedRun | None:
-        """PENDING -> RUNNING for the oldest run another daemon has not won.
+    def claim_next(
+        self, worker_id: str, busy: Collection[str] = (), admit: Admit | None = None
+    ) -> ClaimedRun | None:
+        """PENDING -> RUNNING for the first run of the queue (higher priority, then
+        oldest; not held) that another daemon has not won.
 
         Runs in `busy` are skipped: a client set one back to PENDING while its
         processes are still being stopped, and it must not run twice at once.
+        `admit` is asked about the head of the queue before it is claimed: False
+        (it does not fit now) claims nothing, and no later run passes it.
         """
         if not self._is_sqlite:
-            return self._claim_skip_locked(worker_id, busy)
+            return self._claim_skip_locked(worker_id, busy, admit)
         with self.engine.connect() as conn:
             candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
             if candidate.id in busy:
                 continue
+            run = ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+            if admit is not None and not admit(run):
+                return None
             if self._try_claim(candidate.id, worker_id):
-                return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+                return run
         return None
 
-    def _claim_skip_locked(self, worker_id: str, busy: Collection[str]) -> ClaimedRun | None:
-        """PostgreSQL: lock the oldest PENDING row no other daemon holds, and take it.
+    def _claim_skip_locked(
+        self, worker_id: str, busy: Collection[str], admit: Admit | None
+    ) -> ClaimedRun | None:
+        """PostgreSQL: lock the first PENDING row of the queue no other daemon holds,
+        and take it (if `admit` lets it).
 
         Daemons claiming at once each get a different row at the first try,
         where the conditional update alone would have all but one lose and retry.
         """
-        query = _OLDEST_PENDING.limit(1).with_for_update(skip_locked=True)
+        # Only `runs` is locked: the meta row is on the nullable side of the join.
+        query = _OLDEST_PENDING.limit(1).with_for_update(skip_locked=True, of=runs)
         if busy:
             query = query.where(runs.c.id.not_in(list(busy)))
         with self.engine.begin() as conn:
             candidate = conn.execute(query).first()
             if candidate is None:
                 return None
+            if admit is not None and not admit(
+                    ClaimedRun(candidate.id, candidate.config_json, candidate.template)):
+                return None  # the lock goes with the transaction; nothing was written
             # PENDING -> RUNNING (the row is locked: the condition holds)
             if not _conditional_update(conn, candidate.id, RunStatus.PENDING,
                                        status=RunStatus.RUNNING):
@@ -164,15 +189,22 @@ class Store(ClientVerbs, WorkerVerbs):
         return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
 
     def hold_for_queue(
-        self, worker_id: str, busy: Collection[str] = ()
+        self, worker_id: str, busy: Collection[str] = (), admit: Admit | None = None
     ) -> ClaimedRun | None:
-        """Take the oldest PENDING run nobody holds into an executor's queue: the claim
-        is this worker's, the row stays PENDING until the run starts (`mark_started`)."""
+        """Take the first PENDING run of the queue (higher priority, then oldest; not
+        held by a client) nobody holds into an executor's queue: the claim is this
+        worker's, the row stays PENDING until the run starts (`mark_started`).
+        `admit` as for `claim_next`."""
         with self.engine.connect() as conn:
             candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
-            if candidate.id not in busy and self._try_hold(candidate.id, worker_id):
-                return ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+            if candidate.id in busy:
+                continue
+            run = ClaimedRun(candidate.id, candidate.config_json, candidate.template)
+            if admit is not None and not admit(run):
+                return None
+            if self._try_hold(candidate.id, worker_id):
+                return run
         return None
 
     def _try_hold(self, run_id: str, worker_id: str) -> bool:
@@ -307,27 +339,13 @@ class Store(ClientVerbs, WorkerVerbs):
         """
         unfinished = ((runs.c.status != RunStatus.PENDING) | _HELD) & runs.c.completed_at.is_(None)
         query = (
-            select(runs, claims.c.process_start_ticks, claims.c.boot_id,
-                   claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset,
-                   claims.c.log_offset, claims.c.job_id, claims.c.queued_at,
-                   claims.c.pid.label("claim_pid"))
+            select(*OWNED_COLUMNS)
             .join(claims, claims.c.run_id == runs.c.id)
             .where((claims.c.worker_id == worker_id) & unfinished)
             .order_by(runs.c.created_at)
         )
         with self.engine.connect() as conn:
-            return [
-                OwnedRun(
-                    id=row.id, status=row.status, pid=row.pid, pgid=row.pgid,
-                    process_start_ticks=row.process_start_ticks, boot_id=row.boot_id,
-                    process_start_time=row.process_start_time, run_dir=row.run_dir,
-                    progress_offset=row.progress_offset, log_offset=row.log_offset,
-                    progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
-                    job_id=row.job_id,
-                    queued=row.queued_at is not None and row.claim_pid is None,
-                )
-                for row in conn.execute(query)
-            ]
+            return [owned_run(row) for row in conn.execute(query)]
 
     def add_output(self, run_id: str, path: str) -> bool:
         """Note a folder of the run's results; False if it was noted already.

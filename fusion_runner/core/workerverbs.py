@@ -22,8 +22,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from fusion_runner.core.clock import utcnow
-from fusion_runner.core.progress import PROGRESS_COLUMNS
-from fusion_runner.core.runrecords import OwnedRun
+from fusion_runner.core.eventverbs import event_row, insert_events
+from fusion_runner.core.runrecords import OWNED_COLUMNS, OwnedRun, owned_run
 from fusion_runner.core.schema import claims, runs, workers
 from fusion_runner.core.status import RunStatus
 
@@ -141,13 +141,14 @@ class WorkerVerbs:
         declared = []
         for candidate in candidates:
             lost = self._declare_lost(candidate.worker_id, candidate.host,
-                                      candidate.heartbeat_at, now)
+                                      candidate.heartbeat_at, now, me)
             if lost is not None:
                 declared.append(lost)
         return declared
 
     def _declare_lost(
-        self, worker_id: str, host: str, heartbeat_at: datetime, now: datetime
+        self, worker_id: str, host: str, heartbeat_at: datetime, now: datetime,
+        me: str | None = None,
     ) -> LostWorker | None:
         mark = (
             update(workers)
@@ -178,6 +179,9 @@ class WorkerVerbs:
                 )
                 if conn.execute(fail).rowcount == 1:
                     failed.append(str(run_id))
+            # Each run's history says so, in the transaction that declared it: once.
+            insert_events(conn, [event_row(run_id, "lost", message, me, now)
+                                 for run_id in failed])
         return LostWorker(worker_id, host, heartbeat_at, now, failed)
 
     def runs_failed_as_lost(self, worker_id: str) -> list[OwnedRun]:
@@ -190,9 +194,7 @@ class WorkerVerbs:
         """
 
         query = (
-            select(runs, claims.c.process_start_ticks, claims.c.boot_id,
-                   claims.c.process_start_time, claims.c.run_dir, claims.c.progress_offset,
-                   claims.c.log_offset)
+            select(*OWNED_COLUMNS)
             .join(claims, claims.c.run_id == runs.c.id)
             .join(workers, workers.c.worker_id == claims.c.worker_id)
             .where((claims.c.worker_id == worker_id) & workers.c.lost_at.is_not(None)
@@ -201,16 +203,7 @@ class WorkerVerbs:
             .order_by(runs.c.created_at)
         )
         with self.engine.connect() as conn:
-            return [
-                OwnedRun(
-                    id=row.id, status=row.status, pid=row.pid, pgid=row.pgid,
-                    process_start_ticks=row.process_start_ticks, boot_id=row.boot_id,
-                    process_start_time=row.process_start_time, run_dir=row.run_dir,
-                    progress_offset=row.progress_offset, log_offset=row.log_offset,
-                    progress={name: getattr(row, name) for name in PROGRESS_COLUMNS},
-                )
-                for row in conn.execute(query)
-            ]
+            return [owned_run(row) for row in conn.execute(query)]
 
     # --- for the client commands ---------------------------------------------------
 

@@ -11,10 +11,17 @@ from fusion_runner.core import outcome, rundir
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import ClaimedRun
+from fusion_runner.daemon.admission import Admission
 from fusion_runner.daemon.liverun import LiveRun, StopReason
 from fusion_runner.daemon.reconcile import Reconcile
 from fusion_runner.daemon.runprogress import RunProgress
-from fusion_runner.daemon.runs import error_field, stop_reason
+from fusion_runner.daemon.runs import (
+    error_field,
+    exit_detail,
+    final_detail,
+    stall_message,
+    stop_reason,
+)
 from fusion_runner.executors.base import RunHandle
 
 log = logging.getLogger("fusion_runner")
@@ -23,7 +30,7 @@ log = logging.getLogger("fusion_runner")
 DRAIN_RECHECK_SECONDS = 0.01
 
 
-class Lifecycle(Reconcile):
+class Lifecycle(Admission, Reconcile):
     def _reap(self) -> None:
         children = {id(run.process): run for run in self.live.values()
                     if not run.exited and not run.adopted}
@@ -59,6 +66,8 @@ class Lifecycle(Reconcile):
             if now >= run.stop.kill_at:
                 run.escalate()
                 self.executor.kill(run.process)
+                self._event(run.id, "sigkill", f"after {self.config.stop_grace_seconds:g} s "
+                            f"grace pgid={run.process.pgid}")
                 log.warning("run=%s action=killed grace=%ss",
                             run.id, self.config.stop_grace_seconds)
             else:
@@ -86,8 +95,10 @@ class Lifecycle(Reconcile):
 
     def _finalise(self, run: LiveRun) -> None:
         reason = run.stop_reason
+        self._event(run.id, "exited", exit_detail(run.wait_status, run.adopted))
         if reason is StopReason.DELETED:
             log.info("run=%s action=stopped reason=deleted", run.id)
+            self._event(run.id, "final", "row deleted")
             return
         if reason in (StopReason.CANCELLED, StopReason.CLIENT_STATUS):
             status = run.stop.client_status if run.stop is not None else None
@@ -95,6 +106,8 @@ class Lifecycle(Reconcile):
             return
         if reason is StopReason.SHUTDOWN:
             result = outcome.Outcome(RunStatus.FAILED, "runner shut down")
+        elif reason is StopReason.STALLED:
+            result = outcome.Outcome(RunStatus.FAILED, stall_message(run.stalled_after))
         else:
             result = self.executor.outcome(run.process, run.paths, run.wait_status,
                                            run.progress.last_error, watched=not run.adopted)
@@ -103,6 +116,7 @@ class Lifecycle(Reconcile):
                                  error_message=result.error_message, completed_at=utcnow()):
             log.info("run=%s action=finished status=%s%s", run.id, result.status,
                      error_field(result.error_message))
+            self._event(run.id, "final", final_detail(result.status, result.error_message))
             return
         # A client cancelled (or ended, or deleted) it while it was ending: the client wins.
         status = self.store.statuses([run.id]).get(run.id)
@@ -112,14 +126,18 @@ class Lifecycle(Reconcile):
     def _claim_and_spawn(self, now: float) -> None:
         # With a queue of the executor's own, max_concurrent_runs bounds the runs
         # handed to it and not ended; its row stays PENDING until it starts.
+        # Locally the head of the queue starts only while its cores fit (admission.py).
         claim = self.store.hold_for_queue if self.executor.queues else self.store.claim_next
+        admit = None if self.executor.queues else self._admit
         while len(self.live) < self.config.max_concurrent_runs:
-            claimed = claim(self.config.worker_id, busy=self.live)
+            claimed = claim(self.config.worker_id, busy=self.live, admit=admit)
             if claimed is None:
                 return
             self._start(claimed, now)
 
     def _start(self, claimed: ClaimedRun, now: float) -> None:
+        self._event(claimed.id, "claimed", "held for the executor's queue"
+                    if self.executor.queues else None)
         try:
             paths = rundir.prepare(
                 self.config.runs_dir, claimed.id, claimed.config_json,
@@ -142,9 +160,12 @@ class Lifecycle(Reconcile):
         self.live[run.id] = run
         self._watch(run)
         if queued:
-            log.info("run=%s action=queued job=%s", run.id, self.executor.queue_name(spawned))
+            job = self.executor.queue_name(spawned)
+            log.info("run=%s action=queued job=%s", run.id, job)
+            self._event(run.id, "queued", f"job={job}")
         else:
             log.info("run=%s action=started pid=%d", run.id, spawned.pid)
+            self._event(run.id, "started", f"pid={spawned.pid}")
         self._record_start(run, now)
 
     def _record_starts(self, now: float) -> None:
@@ -170,6 +191,7 @@ class Lifecycle(Reconcile):
             run.started, run.started_at = True, utcnow()
             log.info("run=%s action=started pid=%d node=%s", run.id, started.pid,
                      started.node or "-")
+            self._event(run.id, "started", f"pid={started.pid} node={started.node or '-'}")
         # RUNNING (claimed) -> RUNNING with pid, pgid, started_at; PENDING (queued)
         # -> RUNNING with them. A database error leaves start_recorded False and a
         # later pass tries again.
@@ -204,6 +226,7 @@ class Lifecycle(Reconcile):
         self.store.requeue(run.id)
         run.started, run.start_recorded, run.started_at = False, False, None
         log.info("run=%s action=requeued", run.id)
+        self._event(run.id, "requeued", "by the executor")
 
     def _fail_before_spawn(self, run_id: str, message: str) -> None:
         log.error("run=%s action=failed reason=%s", run_id, message)
@@ -216,6 +239,7 @@ class Lifecycle(Reconcile):
         expected = RunStatus.PENDING if self.executor.queues else RunStatus.RUNNING
         for run_id, message in list(self._unwritten_failures.items()):
             # RUNNING -> FAILED (nothing was spawned); PENDING -> FAILED (held, not queued)
-            self.store.transition(run_id, expected, RunStatus.FAILED,
-                                  error_message=message, completed_at=utcnow())
+            if self.store.transition(run_id, expected, RunStatus.FAILED,
+                                     error_message=message, completed_at=utcnow()):
+                self._event(run_id, "final", final_detail(RunStatus.FAILED, message))
             del self._unwritten_failures[run_id]

@@ -32,6 +32,9 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"
     DELETED = "deleted"
     SHUTDOWN = "shutdown"
+    # Its progress had not moved for stall_after_seconds and on_stall is "cancel":
+    # the daemon decided, so it ends FAILED (as SHUTDOWN does), never CANCELLED.
+    STALLED = "stalled"
     # A client wrote another final status (FAILED, COMPLETED) or one the SPEC
     # does not name: the row keeps it, the processes are stopped as for a cancel.
     CLIENT_STATUS = "client_status"
@@ -103,6 +106,11 @@ class LiveRun:
     progress_written_at: float = float("-inf")
     # Result folders the log named that are not in the database yet.
     outputs_unrecorded: list[str] = field(default_factory=list)
+    # Stalls (stall_after_seconds): when its progress columns last moved, on the
+    # loop's clock (None: it never wrote progress, and is never marked), and how
+    # long they had not moved when it was marked stalled (None: not marked).
+    progress_moved_at: float | None = None
+    stalled_after: float | None = None
 
     @classmethod
     def adopt(cls, owned: OwnedRun, handle: RunHandle, runs_dir: Path,

@@ -1,13 +1,15 @@
 """Each pass's progress work: read what changed, write it to the row at most once per
-progress interval, link the result folders the log names."""
+progress interval (with the results of `erlang_complete` events, right after), link
+the result folders the log names; when a run ends, its results files to the table."""
 
 from __future__ import annotations
 
 import logging
 
-from fusion_runner.core import rundir
+from fusion_runner.core import results, rundir
+from fusion_runner.core.resultverbs import ResultRow
 from fusion_runner.daemon import outputs
-from fusion_runner.daemon.liverun import LiveRun
+from fusion_runner.daemon.liverun import LiveRun, StopReason
 from fusion_runner.daemon.runs import RunsState
 
 log = logging.getLogger("fusion_runner")
@@ -26,7 +28,8 @@ class ProgressPass(RunsState):
             run.progress_unread |= sweep or run.id in self._progress_changed
             if not run.started:
                 continue  # waiting in its executor's queue: read once its row is RUNNING
-            if not (run.progress_unread or run.progress_unwritten):
+            if not (run.progress_unread or run.progress_unwritten
+                    or run.progress.results_unwritten):
                 continue
             # Read when a write may follow: a burst costs one read per interval.
             due = run.progress_written_at + self.config.progress_interval_seconds
@@ -36,7 +39,7 @@ class ProgressPass(RunsState):
             if run.progress_unread:
                 run.progress_unread = False
                 self._poll_progress(run, now)
-            if run.progress_unwritten:
+            if run.progress_unwritten or run.progress.results_unwritten:
                 self._write_progress(run, now)
         self._progress_changed.clear()
 
@@ -69,6 +72,33 @@ class ProgressPass(RunsState):
             log.warning("run=%s action=log_unreadable error=%s", run.id, error)
         run.outputs_unrecorded += run.progress.take_outputs()
         self._record_outputs(run)
+        self._record_final_results(run)
+
+    def _record_final_results(self, run: LiveRun) -> None:
+        """The run has ended: its events' results not yet written, then its results files
+        (`output/*_erlang.json`, FUSION's folders linked there included), whose numbers
+        are the final ones. Not for a deleted run: it has no row to show them with."""
+        if run.stop_reason is StopReason.DELETED:
+            run.progress.results_unwritten = {}
+            return
+        self._write_results(run)
+        by_erlang = {point.erlang: point for point in
+                     results.read_points(run.paths.output_dir, subfolders=True)}
+        if by_erlang:
+            self.store.record_results(run.id, [
+                ResultRow(run.id, point.erlang, point.blocking_mean, point.ci_rate_block,
+                          point.iterations or None)
+                for point in by_erlang.values()])
+
+    def _write_results(self, run: LiveRun) -> None:
+        """The `erlang_complete` results not yet written; kept for the next pass if the
+        database fails (an upsert: writing one twice is harmless)."""
+        if run.progress.results_unwritten:
+            self.store.record_results(run.id, [
+                ResultRow(run.id, result.erlang, result.blocking_mean, result.blocking_ci,
+                          result.iterations)
+                for result in run.progress.results_unwritten.values()])
+            run.progress.results_unwritten = {}
 
     def _record_outputs(self, run: LiveRun) -> None:
         if run.outputs_unrecorded:
@@ -98,8 +128,10 @@ class ProgressPass(RunsState):
                         run.id, len(problems), problems[0] if problems else "")
 
     def _write_progress(self, run: LiveRun, now: float) -> None:
-        # RUNNING -> RUNNING (progress columns only)
-        self.store.write_progress(run.id, run.progress_unwritten, run.progress.file_offset,
-                                  run.progress.log_offset)
-        run.progress_unwritten = {}
+        if run.progress_unwritten:
+            # RUNNING -> RUNNING (progress columns only)
+            self.store.write_progress(run.id, run.progress_unwritten, run.progress.file_offset,
+                                      run.progress.log_offset)
+            run.progress_unwritten = {}
         run.progress_written_at = now
+        self._write_results(run)

@@ -18,7 +18,7 @@ from fusion_runner.core.store import DATABASE_ERRORS, OwnedRun
 from fusion_runner.daemon.liverun import LiveRun
 from fusion_runner.daemon.progresspass import ProgressPass
 from fusion_runner.daemon.runprogress import RunProgress
-from fusion_runner.daemon.runs import error_field, status_field, stop_reason
+from fusion_runner.daemon.runs import error_field, final_detail, status_field, stop_reason
 from fusion_runner.executors.base import RunHandle, Verdict
 
 log = logging.getLogger("fusion_runner")
@@ -137,6 +137,9 @@ class Reconcile(ProgressPass):
             # Where progress goes on from: what the last daemon had applied.
             log.info("run=%s action=adopted pid=%d progress_offset=%d log_offset=%s",
                      run.id, handle.pid, run.progress.file_offset, run.progress.log_offset)
+            self._event(run.id, "adopted", f"by worker {self.config.worker_id} pid={handle.pid}")
+            if any(value is not None for value in owned.progress.values()):
+                run.progress_moved_at = now  # it wrote progress: a stall counts from here
         else:
             # GONE or REUSED (CANNOT_TELL was refused).
             run.leader_exited()
@@ -154,7 +157,8 @@ class Reconcile(ProgressPass):
         except InvalidRun:
             # Claimed, then the daemon died before failing it: nothing can
             # have started, and the next claim fails it with the reason.
-            self.store.release_claim(owned.id)
+            if self.store.release_claim(owned.id):
+                self._event(owned.id, "released", "claimed but never started")
             return
         expected = RunStatus.PENDING if owned.queued else RunStatus.RUNNING
         if owned.status != expected:
@@ -164,6 +168,7 @@ class Reconcile(ProgressPass):
         # RUNNING -> PENDING: claimed, but nothing was ever spawned.
         elif self.store.release_claim(owned.id):
             log.warning("run=%s action=requeued reason=claimed_but_never_started", owned.id)
+            self._event(owned.id, "released", "claimed but never started")
 
     def _finish_unwatched_start(
         self, run_id: str, paths: rundir.RunPaths, expected: str = RunStatus.RUNNING
@@ -185,6 +190,7 @@ class Reconcile(ProgressPass):
                                  **columns):
             log.info("run=%s action=finished status=%s ended_unwatched=true%s",
                      run_id, result.status, error_field(result.error_message))
+            self._event(run_id, "final", final_detail(result.status, result.error_message))
 
 
 def _refusal(owned: OwnedRun) -> str:

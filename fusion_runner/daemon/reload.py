@@ -16,8 +16,9 @@ from typing import Any
 from fusion_runner.core.config import KEYS, Config
 
 RELOADABLE = (
-    "max_concurrent_runs", "stop_grace_seconds", "log_level",
+    "max_concurrent_runs", "max_cores", "stop_grace_seconds", "log_level",
     "poll_interval_seconds", "progress_interval_seconds", "progress_poll_seconds",
+    "stall_after_seconds", "on_stall",
 )  # fmt: skip
 
 

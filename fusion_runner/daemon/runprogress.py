@@ -20,7 +20,7 @@ had taken over (see `resume`).
 from __future__ import annotations
 
 from fusion_runner.core.fusionlog import LogReader
-from fusion_runner.core.progress import Columns, Progress, ProgressReader
+from fusion_runner.core.progress import Columns, ErlangResult, Progress, ProgressReader
 from fusion_runner.core.rundir import RunPaths
 
 
@@ -32,6 +32,9 @@ class RunProgress:
         self.log = log  # None with "file"
         # Whether the log drives the columns (and the loop watches it).
         self.log_live = log is not None and log_live
+        # Results of `erlang_complete` events not yet in the database, by Erlang:
+        # kept, like unwritten columns, until a write succeeds.
+        self.results_unwritten: dict[float, ErlangResult] = {}
 
     @classmethod
     def start(cls, paths: RunPaths, source: str) -> RunProgress:
@@ -77,8 +80,13 @@ class RunProgress:
         return self.file.problems + (self.log.problems if self.log is not None else 0)
 
     def poll(self) -> Columns:
-        """Read what is new in what drives the columns; the columns that changed."""
+        """Read what is new in what drives the columns; the columns that changed.
+
+        The file's `erlang_complete` results go to `results_unwritten`, whichever
+        drives the columns."""
         changed = self.file.poll() if self.reads_file else {}
+        for result in self.file.take_results():
+            self.results_unwritten[result.erlang] = result
         if self.log is None or not self.log_live:
             return changed
         if self.source == "auto" and self.file.spoken:

@@ -9,11 +9,15 @@ reap, finalise), `progresspass` (progress and result folders).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from typing import Any
 
-from fusion_runner.core import sharing
+from fusion_runner.core import outcome, sharing
+from fusion_runner.core.clock import utcnow
 from fusion_runner.core.config import Config
+from fusion_runner.core.eventverbs import event_row
 from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import Store
 from fusion_runner.daemon.liverun import LiveRun, Stop, StopReason
@@ -22,6 +26,9 @@ from fusion_runner.daemon.wakeups import WakeupSource
 from fusion_runner.executors.base import Executor
 
 log = logging.getLogger("fusion_runner")
+
+# Events (a run's history) waiting for the database at most: beyond, the oldest go.
+MAX_UNWRITTEN_EVENTS = 10_000
 
 
 class RunsState:
@@ -47,9 +54,31 @@ class RunsState:
         self._next_progress_sweep = 0.0
         self._problems_logged_at: dict[str, float] = {}
         self._capacity_freed = True
+        self._run_cores: dict[str, int] = {}  # admission.py: the cores of each live run
         # Failed runs whose final status a database error kept from the row.
         self._unwritten_failures: dict[str, str] = {}
         self._modes = sharing.modes_for(config.group_write)
+        # Runs' history not yet written: flushed once per pass (`_flush_events`).
+        self._unwritten_events: list[dict[str, Any]] = []
+
+    def _event(self, run_id: str, event: str, detail: str | None = None) -> None:
+        """Note in the run's history what was just done to it, now, by this worker."""
+        events = self._unwritten_events
+        if len(events) >= MAX_UNWRITTEN_EVENTS:
+            if len(events) == MAX_UNWRITTEN_EVENTS:
+                log.warning("action=history_dropped detail='the database has not taken runs' "
+                            "history for a long time; the oldest events go'")
+            del events[0]
+        events.append(event_row(run_id, event, detail, self.config.worker_id, utcnow()))
+
+    def _flush_events(self) -> None:
+        """Write the history noted since the last flush, in one statement. After the
+        state changes it describes have committed: a database error loses none of
+        them, and leaves the events for the next pass."""
+        if self._unwritten_events:
+            batch = list(self._unwritten_events)
+            self.store.add_events(batch)
+            del self._unwritten_events[: len(batch)]
 
     def _begin_stop(
         self, run: LiveRun, reason: StopReason, now: float, client_status: str | None = None
@@ -59,8 +88,12 @@ class RunsState:
             log.warning("run=%s action=unknown_status status=%r detail='not a status of the "
                         "SPEC: taken as a final status written by a client'",
                         run.id, client_status)
+        if reason in (StopReason.CANCELLED, StopReason.CLIENT_STATUS, StopReason.DELETED):
+            self._event(run.id, "cancel_seen",
+                        "row deleted" if client_status is None else f"status={client_status}")
         if run.begin_stop(stop):
             self.executor.terminate(run.process)
+            self._event(run.id, "sigterm", f"reason={reason.value} pgid={run.process.pgid}")
             log.info("run=%s action=stopping reason=%s%s pgid=%d", run.id, reason.value,
                      f" status={client_status!r}" if reason is StopReason.CLIENT_STATUS else "",
                      run.process.pgid)
@@ -74,6 +107,7 @@ class RunsState:
         # X -> X (completed_at only), X being CANCELLED, FAILED, COMPLETED or any other text
         if status != RunStatus.PENDING and self.store.complete_client_status(run_id, status):
             log.info("run=%s action=finished status=%s", run_id, status_field(status))
+            self._event(run_id, "final", f"{status} (written by a client)")
 
     def _watch(self, run: LiveRun) -> None:
         if self.wakeups is not None:
@@ -118,3 +152,25 @@ def first_line(text: str) -> str:
 
 def error_field(message: str | None) -> str:
     return f" error={first_line(message)!r}" if message else ""
+
+
+def exit_detail(wait_status: int | None, adopted: bool) -> str:
+    """How a run's leader ended, for its history: `exit code 0`, `signal SIGKILL`."""
+    if wait_status is None:
+        return "not this daemon's child: see the final status" if adopted else "unknown"
+    try:
+        code = os.waitstatus_to_exitcode(wait_status)
+    except ValueError:
+        return f"wait status {wait_status}"
+    return f"signal {outcome.signal_name(-code)}" if code < 0 else f"exit code {code}"
+
+
+def final_detail(status: str, message: str | None) -> str:
+    """The final status written, with its message's first line."""
+    line = first_line(message or "")
+    return f"{status}: {line}" if line else str(status)
+
+
+def stall_message(seconds: float | None) -> str:
+    """The error_message of a run stopped because its progress stalled."""
+    return f"stalled: no progress for {seconds or 0:g} s"

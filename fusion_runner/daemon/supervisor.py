@@ -31,6 +31,7 @@ from fusion_runner.daemon.leases import Lease
 from fusion_runner.daemon.lifecycle import Lifecycle
 from fusion_runner.daemon.outage import Outage
 from fusion_runner.daemon.runs import first_line
+from fusion_runner.daemon.stalls import StallPass
 from fusion_runner.daemon.systemd import Notifier
 from fusion_runner.daemon.wakeups import Reason, Wakeup, Wakeups, WakeupSource
 from fusion_runner.executors.base import Executor
@@ -47,7 +48,7 @@ STATUS_SECONDS = 1.0
 TROUBLE_LOG_SECONDS = 30.0
 
 
-class Supervisor(Lifecycle):
+class Supervisor(Lifecycle, StallPass):
     def __init__(
         self,
         config: Config,
@@ -265,6 +266,7 @@ class Supervisor(Lifecycle):
             self._stop_all_for_shutdown(now)
         self._escalate_kills(now)
         self._read_progress(now)
+        self._notice_stalls(now)
         self._finalise_ended_runs(now)
         if database_changed:
             self.store.complete_cancelled_pending()
@@ -272,6 +274,7 @@ class Supervisor(Lifecycle):
             self._capacity_freed = False
             self._claim_and_spawn(now)
         self._keep_lease(now)
+        self._flush_events()  # the pass's history, once its changes have committed
 
     def _keep_lease(self, now: float) -> None:
         """Heartbeat when due (declaring other workers lost); wake in time for the next."""

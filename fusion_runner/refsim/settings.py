@@ -52,6 +52,9 @@ class Settings:
     k_paths: int
     c_band: int
     seed: int
+    # [general_settings] max_processes: at most this many worker processes at once
+    # (None: one per usable CPU); the daemon counts a run's cores by it (core/cores.py).
+    max_processes: int | None = None
 
 
 def load(path: Path) -> Settings:
@@ -70,6 +73,8 @@ def parse(parser: configparser.ConfigParser) -> Settings:
     _choice(parser, GENERAL, "allocation_method", ALLOCATION_METHODS)
     has_seed = parser.has_option(GENERAL, "seed")
     seed = _number(parser, GENERAL, "seed", int, 0) if has_seed else DEFAULT_SEED
+    has_limit = parser.has_option(GENERAL, "max_processes")
+    max_processes = _number(parser, GENERAL, "max_processes", int, 1) if has_limit else None
     return Settings(
         erlangs=erlang_points(parser),
         max_iters=_number(parser, GENERAL, "max_iters", int, 1),
@@ -80,6 +85,7 @@ def parse(parser: configparser.ConfigParser) -> Settings:
         k_paths=_number(parser, ROUTING, "k_paths", int, 1),
         c_band=_number(parser, SPECTRUM, "c_band", int, 1),
         seed=seed,
+        max_processes=max_processes,
     )
 
 

@@ -1,4 +1,5 @@
-"""The Erlang sweep: one forked worker process per Erlang point, at most one per CPU at once.
+"""The Erlang sweep: one forked worker process per Erlang point, at most one per CPU at once
+(or `[general_settings] max_processes`).
 
 Workers (fork context, so they inherit the settings and the routes without pickling)
 send one message per iteration on their own pipe; the parent alone writes progress
@@ -30,6 +31,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from fusion_runner.core import cores
+from fusion_runner.core.cores import usable_cpus as usable_cpus  # re-exported: callers use it here
 from fusion_runner.refsim import engine, stats
 from fusion_runner.refsim.events import ProgressFile
 from fusion_runner.refsim.settings import Settings
@@ -89,7 +92,8 @@ def run(settings: Settings, network: Network, progress: ProgressFile, output_dir
 def _sweep(settings: Settings, network: Network, tally: Tally, running: list[Worker]) -> None:
     context = multiprocessing.get_context("fork")
     waiting = deque(range(len(settings.erlangs)))
-    processes = min(usable_cpus(), len(settings.erlangs))
+    # The rule the daemon counts a run's cores by (core/cores.py): keep them one.
+    processes = cores.workers(len(settings.erlangs), usable_cpus(), settings.max_processes)
     while waiting or running:
         while waiting and len(running) < processes:
             _start(context, settings, network, waiting.popleft(), running)
@@ -268,9 +272,3 @@ def _run_point(settings: Settings, network: Network, index: int, results: Connec
         results.send(Failure(message, traceback.format_exc()))
 
 
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity, and a Slurm job's allocation
-    (SLURM_CPUS_PER_TASK, which sbatch's --cpus-per-task sets)."""
-    cpus = len(os.sched_getaffinity(0)) or 1
-    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return min(cpus, int(allocated)) if allocated.isdigit() and int(allocated) > 0 else cpus

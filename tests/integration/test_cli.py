@@ -270,16 +270,16 @@ def test_ls_filters_by_status_limits_and_prints_json(world: World) -> None:
         ids["running"], ids["pending"], *AMBIGUOUS}
     rows = json.loads(newest.stdout)
     assert [row["id"] for row in rows] == list(reversed(AMBIGUOUS))
-    extras = ["cpu_seconds", "peak_rss_bytes", "queue_position", "worker_id", "node"]
+    extras = ["cpu_seconds", "peak_rss_bytes", "queue_position", "worker_id", "node", "stalled_at"]
     assert all(list(row) == [*RUNS_COLUMNS, *extras] for row in rows)
     assert [row["queue_position"] for row in rows] == [3, 2]
     by_id = {row["id"]: row for row in json.loads(finals.stdout)}
     assert by_id[ids["failed"]]["cpu_seconds"] > 0
     assert by_id[ids["failed"]]["peak_rss_bytes"] > 1 << 20
-    assert [by_id[ids["cancelled"]][key] for key in extras] == [None, None, None, None, None]
+    assert [by_id[ids["cancelled"]][key] for key in extras] == [None] * 6
     assert by_id[ids["failed"]]["worker_id"] == "test"  # the daemon that ran it
     running = next(row for row in json.loads(active.stdout) if row["id"] == ids["running"])
-    assert [running[key] for key in extras] == [None, None, None, "test", None]
+    assert [running[key] for key in extras] == [None, None, None, "test", None, None]
     assert "2 of 7 runs" in limited.stdout and fits(limited.stdout)
 
 
@@ -316,7 +316,8 @@ def test_show_json_of_a_failed_and_a_pending_run(world: World) -> None:
         ).fetchone()
 
     shown = json.loads(failed.stdout)
-    assert set(shown) == {*RUNS_COLUMNS, "worker_id", "job", "run_dir", "exit_record", "outputs"}
+    assert set(shown) == {*RUNS_COLUMNS, "worker_id", "job", "run_dir", "exit_record", "outputs",
+                          "results", "parent_id", "reruns", "stalled_at", "history"}
     assert shown["job"] is None  # the local executor: no Slurm job
     assert shown["worker_id"] == "test"  # the daemon that ran it
     assert shown["outputs"] == []  # no folder outside the run folder was named

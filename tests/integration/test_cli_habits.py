@@ -353,7 +353,7 @@ def test_watch_once_json_lists_the_watched_runs(busy_and_queued: tuple[Daemon, s
     assert every.returncode == 0, every.stderr
     rows = json.loads(every.stdout)
     assert [row["id"] for row in rows] == [running, pending]  # the queued one too
-    assert all(list(row) == [*RUNS_COLUMNS, "percent"] for row in rows)
+    assert all(list(row) == [*RUNS_COLUMNS, "percent", "stalled_at"] for row in rows)
     assert rows[0]["status"] == "RUNNING" and rows[0]["percent"] == 25
     assert rows[0]["current_iteration"] == 2 and rows[0]["pid"] > 0
     assert rows[1]["status"] == "PENDING" and rows[1]["percent"] is None

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 from rich.console import Console
 
-from fusion_runner.cli import watch
+from fusion_runner.cli import view, watch
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.store import Store
 
@@ -64,6 +64,10 @@ class ScriptedStore:
 
     def get_runs(self, run_ids: Iterable[str]) -> dict[str, FakeRow]:
         return {run_id: self.table[run_id] for run_id in run_ids if run_id in self.table}
+
+    def stalled_of(self, run_ids: Iterable[str]) -> dict[str, datetime]:
+        """Runs marked stalled: those named `stalled*` (the daemon's claims table)."""
+        return {run_id: utcnow() for run_id in run_ids if run_id.startswith("stalled")}
 
     def sleep(self, _seconds: float) -> None:
         self.sleeps += 1
@@ -159,3 +163,12 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_with_one_bar_per_run(rows: 
     assert summary == f"{rows} run{'s' if rows > 1 else ''}: {rows} COMPLETED\n"
     assert last_frame.count("COMPLETED") == rows
     assert sum("━" in line for line in last_frame.splitlines()) == rows
+
+
+def test_a_stalled_running_run_is_shown_running_with_a_mark_and_a_legend() -> None:
+    store = cast(Store, ScriptedStore([started(queued("stalled1", 2)),
+                                       started(queued("fine", 1))]))
+    buffer = io.StringIO()
+    watch.once(store, None, Console(file=buffer, width=100, force_terminal=False))
+    text = buffer.getvalue()
+    assert text.count("RUNNING*") == 1 and view.STALLED_LEGEND in text
