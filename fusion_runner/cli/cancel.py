@@ -106,12 +106,7 @@ def cmd_cancel(args: argparse.Namespace, settings: config_module.Config) -> int:
 
 
 def cancel_ids(store: Store, given_ids: list[str], report: Report) -> None:
-    resolved: list[tuple[str, str | UnknownRun]] = []
-    for given in given_ids:  # all looked up first: a bad usage cancels nothing
-        try:
-            resolved.append((given, lookup.resolve(store, given)))
-        except UnknownRun as error:
-            resolved.append((given, error))
+    resolved = lookup.resolve_all(store, given_ids)  # a bad usage cancels nothing
     done: set[str] = set()
     for given, item in resolved:
         if isinstance(item, UnknownRun):

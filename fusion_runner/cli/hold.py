@@ -37,12 +37,7 @@ def cmd_release(args: argparse.Namespace, settings: config_module.Config) -> int
 def _each(given_ids: list[str], settings: config_module.Config, *, holding: bool) -> int:
     status = EXIT_OK
     with lookup.open_store(settings) as store:
-        resolved: list[tuple[str, str | UnknownRun]] = []
-        for given in given_ids:  # all looked up first: a bad usage changes nothing
-            try:
-                resolved.append((given, lookup.resolve(store, given)))
-            except UnknownRun as error:
-                resolved.append((given, error))
+        resolved = lookup.resolve_all(store, given_ids)  # a bad usage changes nothing
         done: set[str] = set()
         for given, item in resolved:
             if isinstance(item, UnknownRun):

@@ -60,6 +60,18 @@ def resolve(store: Store, given: str) -> str:
     return matches[0]
 
 
+def resolve_all(store: Store, given_ids: list[str]) -> list[tuple[str, str | UnknownRun]]:
+    """Each id as given with the run it names, or why it names none: all looked up
+    before a command changes anything, so that a bad one changes nothing."""
+    resolved: list[tuple[str, str | UnknownRun]] = []
+    for given in given_ids:
+        try:
+            resolved.append((given, resolve(store, given)))
+        except UnknownRun as error:
+            resolved.append((given, error))
+    return resolved
+
+
 def run_paths(store: Store, settings: config_module.Config, run_id: str) -> rundir.RunPaths | None:
     """The run's files: in the folder the daemon recorded, else runs_dir/id (None: no folder)."""
     return clientdb.run_paths(store, settings.runs_dir, run_id)

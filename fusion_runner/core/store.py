@@ -149,6 +149,12 @@ class Store(ClientVerbs, WorkerVerbs, MetaVerbs, ResultVerbs, QueueVerbs, EventV
         """
         if not self._is_sqlite:
             return self._claim_skip_locked(worker_id, busy, admit)
+        return self._take_first(busy, admit, lambda run_id: self._try_claim(run_id, worker_id))
+
+    def _take_first(
+        self, busy: Collection[str], admit: Admit | None, take: Callable[[str], bool]
+    ) -> ClaimedRun | None:
+        """The first run of the queue that `take` wins, asking `admit` about each first."""
         with self.engine.connect() as conn:
             candidates = conn.execute(_OLDEST_PENDING).all()
         for candidate in candidates:
@@ -157,7 +163,7 @@ class Store(ClientVerbs, WorkerVerbs, MetaVerbs, ResultVerbs, QueueVerbs, EventV
             run = ClaimedRun(candidate.id, candidate.config_json, candidate.template)
             if admit is not None and not admit(run):
                 return None
-            if self._try_claim(candidate.id, worker_id):
+            if take(candidate.id):
                 return run
         return None
 
@@ -195,17 +201,7 @@ class Store(ClientVerbs, WorkerVerbs, MetaVerbs, ResultVerbs, QueueVerbs, EventV
         held by a client) nobody holds into an executor's queue: the claim is this
         worker's, the row stays PENDING until the run starts (`mark_started`).
         `admit` as for `claim_next`."""
-        with self.engine.connect() as conn:
-            candidates = conn.execute(_OLDEST_PENDING).all()
-        for candidate in candidates:
-            if candidate.id in busy:
-                continue
-            run = ClaimedRun(candidate.id, candidate.config_json, candidate.template)
-            if admit is not None and not admit(run):
-                return None
-            if self._try_hold(candidate.id, worker_id):
-                return run
-        return None
+        return self._take_first(busy, admit, lambda run_id: self._try_hold(run_id, worker_id))
 
     def _try_hold(self, run_id: str, worker_id: str) -> bool:
         # A claim left by an earlier life of the run (it ended, a client made it
