@@ -24,8 +24,9 @@ from rich.text import Text
 from fusion_runner.cli import lookup, view
 from fusion_runner.cli.commands import console, print_json
 from fusion_runner.cli.exitcodes import EXIT_OK
+from fusion_runner.core import clientdb, exitrecord
 from fusion_runner.core import config as config_module
-from fusion_runner.core import exitrecord
+from fusion_runner.core.clientverbs import ClaimFacts
 from fusion_runner.core.clock import utcnow
 from fusion_runner.core.status import ACTIVE_STATUSES, RunStatus
 from fusion_runner.core.store import Store
@@ -79,19 +80,18 @@ def gather_extras(
     and RUNNING), the queue place of a PENDING one (all of them in one query)."""
     pending = [row.id for row in rows if row.status == RunStatus.PENDING]
     positions = store.queue_positions(pending) if pending else {}
-    workers = store.workers_of(row.id for row in rows)
-    nodes = store.nodes_of(row.id for row in rows)
-    stalled = store.stalled_of(row.id for row in rows)
+    # One query of the daemon's claims for all rows: worker, node, stall, folder.
+    claimed = store.claim_facts(row.id for row in rows)
     extras: dict[str, Extras] = {}
     for row in rows:
+        facts = claimed.get(row.id, ClaimFacts())
         cpu_seconds = peak_rss = None
         if row.status not in ACTIVE_STATUSES:
-            paths = lookup.run_paths(store, settings, row.id)
+            paths = clientdb.paths_for(row.id, facts.run_dir, settings.runs_dir)
             record = exitrecord.read(paths.exit_record) if paths is not None else None
             cpu_seconds, peak_rss = view.usage_of(record)
         extras[row.id] = Extras(cpu_seconds, peak_rss, positions.get(row.id),
-                                workers.get(row.id), nodes.get(row.id),
-                                view.iso(stalled.get(row.id)))
+                                facts.worker_id, facts.node, view.iso(facts.stalled_at))
     return extras
 
 

@@ -58,6 +58,11 @@ def run_paths(store: Store, runs_dir: Path | None, run_id: str) -> rundir.RunPat
         recorded = store.recorded_run_dir(run_id)
     except SQLAlchemyError:  # a database no daemon has served yet has no claims table
         recorded = None
+    return paths_for(run_id, recorded, runs_dir)
+
+
+def paths_for(run_id: str, recorded: str | None, runs_dir: Path | None) -> rundir.RunPaths | None:
+    """`run_paths` for a run whose recorded folder (or None) the caller has read already."""
     if recorded is not None:
         return rundir.RunPaths.at(Path(recorded), run_id)
     if runs_dir is None:

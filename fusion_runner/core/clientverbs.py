@@ -7,6 +7,7 @@ so a client and the daemon hold one kind of store.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -18,6 +19,19 @@ from fusion_runner.core.clock import utcnow
 from fusion_runner.core.queueverbs import HELD, NOT_HELD, QUEUE_FROM, QUEUE_ORDER
 from fusion_runner.core.schema import claims, meta, outputs, runs
 from fusion_runner.core.status import RunStatus
+
+# The claims columns a client reads (ClaimFacts' fields).
+CLAIM_FACTS = ("worker_id", "node", "stalled_at", "run_dir")
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    """What the daemon recorded of a run it claimed, as a client reads it."""
+
+    worker_id: str | None = None  # the daemon that claimed it last
+    node: str | None = None  # where its Slurm job runs or ran
+    stalled_at: datetime | None = None  # since when its progress is marked stalled
+    run_dir: str | None = None  # the folder it was started in
 
 
 class ClientVerbs:
@@ -192,14 +206,21 @@ class ClientVerbs:
             return None
         return {"id": row.job_id, "node": row.node, "reason": row.queue_reason}
 
-    def nodes_of(self, run_ids: Iterable[str]) -> dict[str, str]:
-        """The node each run's Slurm job runs or ran on, for the runs that have one."""
+    def claim_facts(self, run_ids: Iterable[str]) -> dict[str, ClaimFacts]:
+        """What the daemon's claims table says of each run that has a claim, in one
+        query (`ls`); a column the table of an older daemon lacks reads as None."""
         ids = list(run_ids)
         if not ids or not inspect(self.engine).has_table(claims.name):
             return {}
-        if "node" not in {c["name"] for c in inspect(self.engine).get_columns(claims.name)}:
-            return {}
-        query = select(claims.c.run_id, claims.c.node).where(
-            claims.c.run_id.in_(ids) & claims.c.node.is_not(None))
+        present = {column["name"] for column in inspect(self.engine).get_columns(claims.name)}
+        wanted = [name for name in CLAIM_FACTS if name in present]
+        query = select(claims.c.run_id, *(claims.c[name] for name in wanted)).where(
+            claims.c.run_id.in_(ids))
         with self.engine.connect() as conn:
-            return {str(row.run_id): str(row.node) for row in conn.execute(query)}
+            return {str(row.run_id): ClaimFacts(**{name: getattr(row, name) for name in wanted})
+                    for row in conn.execute(query)}
+
+    def worker_of(self, run_id: str) -> str | None:
+        """The worker_id of the daemon that claimed the run last; None if none did."""
+        facts = self.claim_facts([run_id]).get(run_id)
+        return None if facts is None else facts.worker_id

@@ -12,7 +12,6 @@ clock runs ahead declares a live one lost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -214,16 +213,3 @@ class WorkerVerbs:
             return None
         with self.engine.connect() as conn:
             return list(conn.execute(select(workers).order_by(workers.c.worker_id)).all())
-
-    def worker_of(self, run_id: str) -> str | None:
-        """The worker_id of the daemon that claimed the run last; None if none did."""
-        return self.workers_of([run_id]).get(run_id)
-
-    def workers_of(self, run_ids: Iterable[str]) -> dict[str, str]:
-        """The worker_id that claimed each run last, for the runs some daemon claimed."""
-        ids = list(run_ids)
-        if not ids or not inspect(self.engine).has_table(claims.name):
-            return {}
-        query = select(claims.c.run_id, claims.c.worker_id).where(claims.c.run_id.in_(ids))
-        with self.engine.connect() as conn:
-            return {str(row.run_id): str(row.worker_id) for row in conn.execute(query)}
