@@ -229,7 +229,7 @@ class Supervisor(Lifecycle, StallPass):
         # and only when the table may have changed (no query while nothing does).
         if not self.notifier.enabled or now < self._status_due:
             return
-        running = sum(1 for run in self.live.values() if run.stop is None)
+        running = self._running_count()
         if not database_changed and running == self._status_running:
             return
         self._status_due = now + STATUS_SECONDS
