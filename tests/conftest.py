@@ -307,3 +307,9 @@ def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
 @pytest.fixture
 def client(daemon: Daemon) -> Client:
     return daemon.client()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-seed", type=int, default=None,
+                     help="seed of tests/integration/test_chaos.py (default: "
+                          "$FUSION_RUNNER_CHAOS_SEED, else a random one, printed)")

@@ -3,6 +3,12 @@
 The log is copied as bytes, so whatever the simulation wrote comes out unchanged.
 A line is what ends with a newline (b"\n"), as for `tail`; an unfinished last
 line counts as one.
+
+A log past `max_log_bytes` is cut by the daemon to its newest part, behind a
+marker line that says how much was dropped in all (daemon/logcap.py). Following
+counts offsets in the simulation's whole output, so a cut neither repeats what
+was shown nor skips what was kept; output dropped before it was shown shows
+as the marker line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import BinaryIO
 from fusion_runner.cli import view
 from fusion_runner.core import exitrecord
 from fusion_runner.core.store import Store
+from fusion_runner.daemon import logcap
 
 FOLLOW_POLL_SECONDS = 0.1
 CHUNK = 1 << 16
@@ -89,15 +96,34 @@ def follow(
     sleep: Callable[[float], None] = time.sleep, offset: int = 0,
 ) -> None:
     """Copy the log from `offset` as it grows until the run has ended (or its row is gone)."""
+    # Offsets in the simulation's whole output: the file's, plus what cuts dropped.
+    output_offset = offset + _lag(log_path())[1]
     while True:
         # Whether it has ended is read before the copy, so the last copy holds
         # everything written up to the end.
         row = store.get_run(run_id)
         ended = row is None or view.has_ended(row)
-        offset = copy_from(log_path(), offset, out)
+        path = log_path()
+        marker_bytes, lag = _lag(path)
+        start = output_offset - lag
+        if start < marker_bytes:
+            start = 0  # output dropped before it was shown: the marker line says so
+        output_offset = copy_from(path, start, out) + lag
         if ended:
             return
         sleep(FOLLOW_POLL_SECONDS)
+
+
+def _lag(path: Path) -> tuple[int, int]:
+    """(the log cap's marker line's length, how far the file's offsets lag behind the
+    simulation's output: what cuts dropped in all, less the marker); (0, 0) for a log
+    never cut, or none."""
+    try:
+        with open(path, "rb") as log:
+            marker_bytes, dropped = logcap.read_marker(log.read(logcap.MARKER_LIMIT))
+    except OSError:
+        return 0, 0
+    return marker_bytes, dropped - marker_bytes
 
 
 def last_lines(path: Path, count: int) -> list[str] | None:

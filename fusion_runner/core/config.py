@@ -39,6 +39,11 @@ EXECUTORS = ("local", "slurm")
 STALL_ACTIONS = ("warn", "cancel")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Room for the cap's marker line and whole lines of output in what a capped log keeps.
+MIN_LOG_CAP_BYTES = 4096
+# Every float key is a duration: past a century it is a typo, and it would overflow the
+# datetime arithmetic (leases, stalls) the daemon does with it.
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
 _SQLITE = "sqlite:///"
 _POSTGRES = "postgresql://"
 _PSYCOPG = "postgresql+psycopg://"
@@ -77,6 +82,8 @@ class Config:
     # stalled (0: never); then "warn" (marked, logged) or "cancel" (stopped, FAILED).
     stall_after_seconds: float = 0.0
     on_stall: str = "warn"  # "warn" | "cancel"
+    # A live run's logs/sim.log past this many bytes keeps its newest part (0: no cap).
+    max_log_bytes: int = 256 * 1024 * 1024
 
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Config))
@@ -195,6 +202,12 @@ _KEYS: dict[str, _Key] = {
     "on_stall": _Key(
         "str", "must be 'warn' or 'cancel'", lambda v: v in STALL_ACTIONS,
         help="what a stall does: warn (marked and logged) or cancel (stopped, FAILED)"),
+    "max_log_bytes": _Key(
+        "int", f"must be 0 (no cap) or an integer >= {MIN_LOG_CAP_BYTES}",
+        lambda v: v == 0 or v >= MIN_LOG_CAP_BYTES,
+        help="a run's logs/sim.log larger than this many bytes is cut to its newest half "
+             "while the simulation writes it, with a line saying how much was dropped "
+             "(0: never)"),
     "slurm_poll_seconds": _Key(
         "float", "must be a finite number > 0", lambda v: math.isfinite(v) and v > 0,
         help="how often at most Slurm is asked about the jobs (one squeue for all)"),
@@ -244,9 +257,22 @@ def _value(key: str, raw: object, source: str, convert: Callable[[_Key, Any], ob
         value = convert(spec, raw)
         if not spec.valid(value):
             raise ValueError(spec.requirement)
+        _check_bounds(spec, value)
+    except OverflowError:
+        raise ConfigError(f"{key}: too large, got {raw!r} ({source})") from None
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}, got {raw!r} ({source})") from None
     return spec.normalize(value)
+
+
+def _check_bounds(spec: _Key, value: object) -> None:
+    """What no key accepts: a duration past MAX_SECONDS, a NUL in a text (the OS refuses
+    it in a path or an argument only later, and then the daemon, not the file, is blamed)."""
+    if spec.kind == "float" and isinstance(value, float) and value > MAX_SECONDS:
+        raise ValueError(f"must be at most {MAX_SECONDS:.0f} seconds")
+    texts = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(text, str) and "\0" in text for text in texts):
+        raise ValueError("must not contain a NUL character")
 
 
 def _flag(key: str) -> str:

@@ -17,6 +17,9 @@ from pathlib import Path
 PROGRESS_COLUMNS = ("current_erlang", "total_erlangs", "current_iteration", "total_iterations")
 MAX_LINE_BYTES = 1 << 20
 READ_CHUNK = 1 << 20
+# What one poll reads at most: a file that grew by a gigabyte (an endless line) is read
+# over many polls, and the daemon's loop serves its other runs in between.
+READ_PER_POLL = 16 * READ_CHUNK
 MAX_NOTES = 100  # descriptions kept between take_problems(); the count is always exact
 MAX_COUNT = (1 << 31) - 1  # the columns are SQL INTEGER (32-bit on PostgreSQL)
 
@@ -33,6 +36,7 @@ _EVENT_TYPES = frozenset(
     {"start", "erlang_start", "iteration", "erlang_complete", "complete", "error"}
 )
 _NO_TYPE = object()
+_GONE = (-1, -1)  # the (st_dev, st_ino) of a file that was read and has disappeared
 
 
 @dataclass
@@ -236,23 +240,41 @@ class LineReader:
         self._read_pos = offset  # end of what has been read: offset + held or discarded bytes
         self._pending = b""  # the start of a line not yet ended, at most MAX_LINE_BYTES
         self._discarding = False  # inside a line longer than MAX_LINE_BYTES
+        self.behind = False  # the last poll stopped at READ_PER_POLL, before the end
 
     @property
     def offset(self) -> int:
         """Bytes consumed (complete lines only), to resume from after a restart."""
         return self._offset
 
-    def poll(self) -> Columns:
-        """Apply what is new in the file; return the columns that changed since the last poll."""
+    def poll(self, limit: int | None = READ_PER_POLL) -> Columns:
+        """Apply what is new in the file, `limit` bytes at most (`behind` says whether some
+        is left); return the columns that changed since the last poll."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            if self._identity is not None:
+                # Gone: a file made there next is a new one, even if it gets the old
+                # inode number back (file systems reuse them at once).
+                self._identity = _GONE
             return {}
         try:
-            self._read_new(fd)
+            self._read_new(fd, limit)
         finally:
             os.close(fd)
         return self._changes()
+
+    def shift(self, kept_from: int, now_at: int) -> None:
+        """The file's bytes from `kept_from` on are now at `now_at`, those before are gone
+        (the log cap, daemon/logcap.py): read on where this reader was, or from `now_at`
+        if it had not read up to `kept_from`. What was read so far stays applied."""
+        if self._read_pos >= kept_from:
+            self._read_pos += now_at - kept_from
+            self._offset = max(self._offset + now_at - kept_from, now_at)
+            return
+        self._offset = self._read_pos = now_at
+        self._pending = b""
+        self._discarding = False
 
     def take_problems(self) -> list[str]:
         """Descriptions of what was skipped since the last call (at most MAX_NOTES); clears."""
@@ -263,18 +285,21 @@ class LineReader:
         """Apply one complete line (at most MAX_LINE_BYTES, no newline); what was skipped."""
         raise NotImplementedError
 
-    def _read_new(self, fd: int) -> None:
+    def _read_new(self, fd: int, limit: int | None) -> None:
         stat = os.fstat(fd)
         identity = (stat.st_dev, stat.st_ino)
         replaced = self._identity is not None and identity != self._identity
         if replaced or stat.st_size < self._read_pos:
             self._start_over()
         self._identity = identity
-        while self._read_pos < stat.st_size:  # bounded by the size seen now, not a moving EOF
-            data = os.pread(fd, READ_CHUNK, self._read_pos)
+        # Bounded by the size seen now, not a moving EOF, and by the limit.
+        end = stat.st_size if limit is None else min(stat.st_size, self._read_pos + limit)
+        while self._read_pos < end:
+            data = os.pread(fd, min(READ_CHUNK, end - self._read_pos), self._read_pos)
             if not data:
                 break
             self._feed(data)
+        self.behind = self._read_pos < stat.st_size
 
     def _start_over(self) -> None:
         """The file shrank or was replaced: its content is new, so is the state read from it."""

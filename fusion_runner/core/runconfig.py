@@ -8,6 +8,7 @@ INI files are written.
 
 from __future__ import annotations
 
+import configparser
 import io
 import json
 import re
@@ -52,6 +53,12 @@ def parse_config_json(text: object) -> dict[str, dict[str, object]]:
 def _check_section(section: str, options: object) -> None:
     if problem := _name_problem(section, is_key=False):
         raise InvalidRun(f"config_json: section name {_quote(section)} {problem}")
+    if section == configparser.DEFAULTSECT:
+        # Written as [DEFAULT], its keys would be read back in every other section.
+        raise InvalidRun(
+            f"config_json: section name {_quote(section)} is configparser's default section,"
+            " whose keys every section of config.ini would inherit"
+        )
     if not isinstance(options, dict):
         raise InvalidRun(
             f"config_json: section {_quote(section)} is not an object but {_json_type(options)}"

@@ -157,7 +157,9 @@ def _set_mode(fd: int, path: Path, mode: int) -> None:
 
 
 def _naming(error: OSError, doing: str, needs: Path) -> OSError:
-    """The same error, its message naming the path and the access it needed."""
+    """The same error, its message naming the path (and the access it needed, if denied)."""
+    if error.errno not in (errno.EACCES, errno.EPERM):
+        return type(error)(error.errno, f"{doing}: {error.strerror}")
     return type(error)(error.errno, f"{doing}: {error.strerror} "
                                     f"(needs write and search access to {needs})")
 
@@ -169,23 +171,34 @@ def _write_once(dir_fd: int, path: Path, render: Callable[[], str], mode: int) -
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return
     text = render()
+    _remove_stale_temporaries(dir_fd, name)
     temporary = f".{name}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:
             fd = os.open(temporary, flags, mode, dir_fd=dir_fd)
-        except OSError as error:
+            with open(fd, "w", encoding="utf-8") as file:
+                os.fchmod(fd, mode)  # the umask may have masked the group's bits
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as error:  # denied, or a full disk (ENOSPC, EDQUOT)
             raise _naming(error, f"cannot write {path}", path.parent) from None
-        os.fchmod(fd, mode)  # the umask may have masked the group's bits
-        with open(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary, dir_fd=dir_fd)
         raise
+
+
+def _remove_stale_temporaries(dir_fd: int, name: str) -> None:
+    """Temporary files of `name` a daemon killed mid-write left (its cleanup never ran).
+    Only the run's owner lays its folder out, so none is being written now."""
+    stale = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp")
+    for entry in os.listdir(dir_fd):
+        if stale.fullmatch(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=dir_fd)
 
 
 # --- the command -----------------------------------------------------------------------------

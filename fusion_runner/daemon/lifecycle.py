@@ -1,5 +1,6 @@
 """Each pass's moves of live runs: start (claim, spawn, record), notice what clients
-did, stop and kill, reap, finalise. Every write of a final status is here."""
+did, stop and kill, reap, finalise (its log cut to the cap first). Every write of a
+final status is here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import ClaimedRun
 from fusion_runner.daemon.admission import Admission
 from fusion_runner.daemon.liverun import LiveRun, StopReason
+from fusion_runner.daemon.logcappass import LogCapPass
 from fusion_runner.daemon.reconcile import Reconcile
 from fusion_runner.daemon.runprogress import RunProgress
 from fusion_runner.daemon.runs import (
@@ -30,7 +32,7 @@ log = logging.getLogger("fusion_runner")
 DRAIN_RECHECK_SECONDS = 0.01
 
 
-class Lifecycle(Admission, Reconcile):
+class Lifecycle(Admission, Reconcile, LogCapPass):
     def _reap(self) -> None:
         children = {id(run.process): run for run in self.live.values()
                     if not run.exited and not run.adopted}
@@ -87,8 +89,12 @@ class Lifecycle(Admission, Reconcile):
                 self._record_start(run, now)  # pid and started_at in the row first
             # What the simulation said last is in the row before its final status.
             self._poll_progress(run, now)
+            if run.progress.behind:
+                continue  # a share read; the rest in the next passes, then the end
             if run.progress_unwritten and run.stop is None:
                 self._write_progress(run, now)
+            # Past the cap, what the simulation wrote last is what stays to be read.
+            self._cap_log(run)
             self._read_rest_of_log(run)
             self._finalise(run)
             self._forget(run)

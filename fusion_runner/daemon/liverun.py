@@ -25,6 +25,7 @@ from fusion_runner.core.progress import Columns
 from fusion_runner.core.status import RunStatus
 from fusion_runner.core.store import OwnedRun
 from fusion_runner.daemon.runprogress import RunProgress
+from fusion_runner.daemon.writebudget import WriteBudget
 from fusion_runner.executors.base import RunHandle
 
 
@@ -104,6 +105,8 @@ class LiveRun:
     progress_unread: bool = False  # the file changed since it was last read
     progress_unwritten: Columns = field(default_factory=dict)
     progress_written_at: float = float("-inf")
+    # How soon its next progress write may be (daemon/writebudget.py).
+    write_budget: WriteBudget = field(default_factory=WriteBudget)
     # Result folders the log named that are not in the database yet.
     outputs_unrecorded: list[str] = field(default_factory=list)
     # Stalls (stall_after_seconds): when its progress columns last moved, on the
@@ -111,6 +114,8 @@ class LiveRun:
     # long they had not moved when it was marked stalled (None: not marked).
     progress_moved_at: float | None = None
     stalled_after: float | None = None
+    # The log cap (daemon/logcappass.py) could not cut its log: said once, not each sweep.
+    log_cap_refused: bool = False
 
     @classmethod
     def adopt(cls, owned: OwnedRun, handle: RunHandle, runs_dir: Path,

@@ -1,5 +1,6 @@
-"""Each pass's progress work: read what changed, write it to the row at most once per
-progress interval (with the results of `erlang_complete` events, right after), link
+"""Each pass's progress work: read what changed, write it to the row at once unless the
+run's write budget is spent (a few writes, one more per progress interval: see
+writebudget.py), with the results of `erlang_complete` events right after; link
 the result folders the log names; when a run ends, its results files to the table."""
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class ProgressPass(RunsState):
             if not (run.progress_unread or run.progress_unwritten
                     or run.progress.results_unwritten):
                 continue
-            # Read when a write may follow: a burst costs one read per interval.
-            due = run.progress_written_at + self.config.progress_interval_seconds
-            if now < due:
-                self._wake_by(due)
+            # Read when a write may follow: lines faster than the budget cost one read
+            # per write, and a timer, not the next line, brings the deferred one.
+            ready = run.write_budget.ready_at(now, self.config.progress_interval_seconds)
+            if now < ready:
+                self._wake_by(ready)
                 continue
             if run.progress_unread:
                 run.progress_unread = False
@@ -53,6 +55,9 @@ class ProgressPass(RunsState):
             log.warning("run=%s action=progress_unreadable error=%s", run.id, error)
         if reading_log and not run.progress.log_live:
             self._file_took_over(run)
+        if run.progress.behind:
+            run.progress_unread = True  # the rest in the next pass, the other runs' turn first
+            self._wake_by(now)
         run.outputs_unrecorded += run.progress.take_outputs()
         self._record_outputs(run)
         self._log_problems(run, now)
@@ -134,4 +139,5 @@ class ProgressPass(RunsState):
                                       run.progress.log_offset)
             run.progress_unwritten = {}
         run.progress_written_at = now
+        run.write_budget.spend(now, self.config.progress_interval_seconds)
         self._write_results(run)

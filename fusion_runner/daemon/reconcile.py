@@ -176,7 +176,7 @@ class Reconcile(ProgressPass):
         """A run whose spawn an earlier daemon began but never recorded, now ended."""
         reader = RunProgress.start(paths, self.config.progress_source)
         try:
-            columns = reader.poll()
+            columns = reader.poll(limit=None)  # once, at start-up: all of it
             reader.finish()
         except OSError:
             columns = {}

@@ -2,10 +2,10 @@
 
 `systemctl reload` sends SIGHUP: the daemon reads its configuration again, as
 at start. Settings that only shape what happens next (how many runs, how long
-a stop waits, how often it looks and writes, how much it logs) take effect at
-once; the others name the database, the files and the runs' identity, which
-live runs and the worker lock depend on, so a change to them waits for a
-restart and says so.
+a stop waits, how often it looks and writes, how much it logs, how large a
+run's log may grow) take effect at once; the others name the database, the
+files and the runs' identity, which live runs and the worker lock depend on,
+so a change to them waits for a restart and says so.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fusion_runner.core.config import KEYS, Config
 RELOADABLE = (
     "max_concurrent_runs", "max_cores", "stop_grace_seconds", "log_level",
     "poll_interval_seconds", "progress_interval_seconds", "progress_poll_seconds",
-    "stall_after_seconds", "on_stall",
+    "stall_after_seconds", "on_stall", "max_log_bytes",
 )  # fmt: skip
 
 

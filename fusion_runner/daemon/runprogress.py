@@ -20,7 +20,13 @@ had taken over (see `resume`).
 from __future__ import annotations
 
 from fusion_runner.core.fusionlog import LogReader
-from fusion_runner.core.progress import Columns, ErlangResult, Progress, ProgressReader
+from fusion_runner.core.progress import (
+    READ_PER_POLL,
+    Columns,
+    ErlangResult,
+    Progress,
+    ProgressReader,
+)
 from fusion_runner.core.rundir import RunPaths
 
 
@@ -79,12 +85,18 @@ class RunProgress:
     def problems(self) -> int:
         return self.file.problems + (self.log.problems if self.log is not None else 0)
 
-    def poll(self) -> Columns:
-        """Read what is new in what drives the columns; the columns that changed.
+    @property
+    def behind(self) -> bool:
+        """The last poll read its share and left the rest for the next."""
+        return self.file.behind or (self.log is not None and self.log_live and self.log.behind)
+
+    def poll(self, limit: int | None = READ_PER_POLL) -> Columns:
+        """Read what is new in what drives the columns, `limit` bytes of each at most;
+        the columns that changed.
 
         The file's `erlang_complete` results go to `results_unwritten`, whichever
         drives the columns."""
-        changed = self.file.poll() if self.reads_file else {}
+        changed = self.file.poll(limit) if self.reads_file else {}
         for result in self.file.take_results():
             self.results_unwritten[result.erlang] = result
         if self.log is None or not self.log_live:
@@ -92,12 +104,12 @@ class RunProgress:
         if self.source == "auto" and self.file.spoken:
             self.log_live = False  # the file has spoken: the log is not read on
             return self.file.progress.columns()
-        return self.log.poll()
+        return self.log.poll(limit)
 
     def finish(self) -> None:
         """The run has ended: read the log the loop stopped reading, for its folders."""
         if self.log is not None and not self.log_live:
-            self.log.poll()
+            self.log.poll(limit=None)
 
     def take_outputs(self) -> list[str]:
         """Result folders the log named for the first time since the last call."""

@@ -4,9 +4,9 @@
 `run()` reconciles what an earlier daemon left, then waits for a wake-up and
 calls `step(now)`, which does one pass: reap exits, write what an earlier pass
 could not, notice clients' cancels, deletions and other statuses, escalate
-kills whose grace has passed, read and write progress, finalise ended runs,
-complete cancelled PENDING runs, then claim and spawn up to capacity. Nothing
-else changes a run.
+kills whose grace has passed, read and write progress, cut logs past the cap,
+finalise ended runs, complete cancelled PENDING runs, then claim and spawn up to
+capacity. Nothing else changes a run.
 
 One rule holds here: nothing a client, the database or a simulation does ends
 the daemon. A pass that fails leaves every run as it is, and the next pass
@@ -266,6 +266,7 @@ class Supervisor(Lifecycle, StallPass):
             self._stop_all_for_shutdown(now)
         self._escalate_kills(now)
         self._read_progress(now)
+        self._cap_logs(now)
         self._notice_stalls(now)
         self._finalise_ended_runs(now)
         if database_changed:

@@ -87,6 +87,9 @@ class Wakeups:
         self._exits = FdWatchThread(lambda key: self.put(Wakeup(Reason.EXIT, key)))
         self._progress = FolderWatches(self._changed, use_inotify=use_inotify)
         progress_fd = self._progress.fileno()
+        # One warning for the fallback, whatever number of folders falls back: the
+        # watch limit, once reached, would otherwise repeat it for every run.
+        self._fallback_told = progress_fd is None and use_inotify  # FolderWatches told it
         if progress_fd is not None:
             self._exits.add_reader(progress_fd, self._progress.on_readable)
 
@@ -140,8 +143,12 @@ class Wakeups:
             self._progress.watch(key, folder, names)
             return
         except OSError as error:
-            log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
-                        folder, error)
+            if self._fallback_told:
+                log.debug("action=folder_polled folder=%s error=%s", folder, error)
+            else:
+                log.warning("action=inotify_unavailable folder=%s error=%s fallback=polling",
+                            folder, error)
+                self._fallback_told = True
         handler = _NamedFileHandler(names, lambda: self._progress.notify(key))
         try:
             self._polled[key] = self._polling_observer().schedule(

@@ -87,6 +87,10 @@ class FdWatchThread:
             self._selector.register(fd, selectors.EVENT_READ, data)
 
 
+# What a watched file looked like (None: absent): a change shows in one of these.
+FileState = tuple[int, int, int, int] | None  # st_dev, st_ino, st_size, st_mtime_ns
+
+
 class FolderWatches:
     """One-shot inotify on folders, each under a key (a run id, or the database's): a change
     of one of the key's files wakes the loop once, then not again until the loop
@@ -95,6 +99,12 @@ class FolderWatches:
     Each watch is one-shot (IN_ONESHOT) and `arm` adds it again, so a simulation
     writing a thousand lines a second costs about one event per read, not one
     per line. The fallback (a polling observer) uses the same arming by flag.
+
+    A change of another file of the folder uses up the one shot too, and the
+    watch is added again only once this thread has read that event: a key's file
+    changed in between raises no event. So each add of a watch notes the state
+    of the key's files, and the add after another file's event compares: a
+    difference wakes the loop as an event would have.
     """
 
     def __init__(self, notify: Callable[[str], None], *, use_inotify: bool = True) -> None:
@@ -102,6 +112,8 @@ class FolderWatches:
         self._lock = threading.Lock()
         self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # key -> folder, names
         self._key_of: dict[int, str] = {}  # armed watch descriptor -> key
+        # key -> its files' states when its watch was last added
+        self._seen: dict[str, tuple[FileState, ...]] = {}
         self._armed: dict[str, bool] = {}  # keys on the fallback observer
         self._inotify: inotify.Inotify | None = None
         if use_inotify:
@@ -117,9 +129,21 @@ class FolderWatches:
         """Raises OSError when inotify cannot watch it (watch limit, file system)."""
         if self._inotify is None:
             raise OSError("inotify is not available")
-        self._add(key, str(folder))
+        # Known before the watch exists: its first event must find the key's names.
         with self._lock:
             self._folders[key] = (str(folder), frozenset(names))
+        try:
+            self._add(key)
+        except OSError:
+            with self._lock:
+                self._folders.pop(key, None)
+            raise
+        # Written before the watch began (a quick simulation, or a run adopted after a
+        # restart): no event tells of it, so wake the loop once to read it.
+        with self._lock:
+            written = any(state is not None and state[2] > 0 for state in self._seen[key])
+        if written:
+            self._notify(key)
 
     def watch_by_flag(self, key: str) -> None:
         with self._lock:
@@ -128,6 +152,7 @@ class FolderWatches:
     def unwatch(self, key: str) -> None:
         with self._lock:
             self._folders.pop(key, None)
+            self._seen.pop(key, None)
             self._armed.pop(key, None)
             for wd in [wd for wd, watched in self._key_of.items() if watched == key]:
                 del self._key_of[wd]
@@ -136,12 +161,11 @@ class FolderWatches:
 
     def arm(self, key: str) -> None:
         with self._lock:
-            folder = self._folders.get(key)
             if key in self._armed:
                 self._armed[key] = True
-        if folder is not None:
-            with contextlib.suppress(OSError):  # the folder is gone: so is the run
-                self._add(key, folder[0])
+        # What changed before this add is read by the look that follows it.
+        with contextlib.suppress(OSError):  # the folder is gone: so is the run
+            self._add(key)
 
     def notify(self, key: str) -> None:
         """From the fallback observer: wake once until armed again."""
@@ -162,22 +186,47 @@ class FolderWatches:
                 with self._lock:
                     # A one-shot watch fires once; `arm` adds it again.
                     key = self._key_of.pop(event.wd, "")
-                    folder, names = self._folders.get(key, ("", frozenset()))
+                    _folder, names = self._folders.get(key, ("", frozenset()))
                 if key and event.name in names:
                     self._notify(key)
                 elif key:
-                    # Another file of the folder used up the one shot: watch on.
-                    with contextlib.suppress(OSError):
-                        self._add(key, folder)
+                    self._watch_on(key)
 
     def close(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
 
-    def _add(self, key: str, folder: str) -> None:
-        assert self._inotify is not None
-        # Under the lock: an event on the new watch must find it in `_key_of`.
+    def _watch_on(self, key: str) -> None:
+        """Another file of the folder used up the one shot: watch on, and wake the loop
+        if one of the key's files changed while nothing watched it."""
+        try:
+            changed = self._add(key)
+        except OSError:
+            return  # the folder is gone: so is the run
+        if changed:
+            self._notify(key)
+
+    def _add(self, key: str) -> bool:
+        """Add the key's one-shot watch (again); whether its files changed since the last add."""
+        # Under the lock: an event on the new watch must find it in `_key_of`, and
+        # the states noted must be those of this add, not of one running meanwhile.
         with self._lock:
+            if key not in self._folders or self._inotify is None:
+                return False  # unwatched meanwhile, or watched by the fallback
+            folder, names = self._folders[key]
             # Adding a watch that exists already returns the same descriptor.
             wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
             self._key_of[wd] = key
+            # After the add: a change from here on raises an event or shows in the next add.
+            states = tuple(_file_state(os.path.join(folder, name)) for name in sorted(names))
+            before = self._seen.get(key, states)
+            self._seen[key] = states
+        return states != before
+
+
+def _file_state(path: str) -> FileState:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)

@@ -27,6 +27,13 @@ SPAWN_FAILED_EXIT = 127
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+def say(line: str) -> None:
+    """A line on stderr (sim.log). A log that cannot take it (a full disk) must not
+    end the shim before it has recorded and passed on the simulation's outcome."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fusion-runner-shim")
     parser.add_argument("--run-dir", required=True)
@@ -56,7 +63,7 @@ def set_child_subreaper() -> bool:
 
 def become_subreaper() -> None:
     if not set_child_subreaper():
-        print("fusion-runner shim: cannot become a child subreaper", file=sys.stderr)
+        say("fusion-runner shim: cannot become a child subreaper")
 
 
 def ignore_stop_signals(forward_term: bool = False) -> None:
@@ -107,7 +114,7 @@ def write_started(path: str) -> None:
     try:
         save(path, json.dumps(fields))
     except OSError as error:
-        print(f"fusion-runner shim: started record not saved: {error}", file=sys.stderr)
+        say(f"fusion-runner shim: started record not saved: {error}")
 
 
 def spawn(command: Sequence[str]) -> int:
@@ -204,7 +211,7 @@ def write_record(path: str, fields: dict[str, object], status_fd: int | None) ->
         save(path, json.dumps(fields))
     except OSError as error:
         fields["record_error"] = f"exit record not saved: {error}"
-        print(f"fusion-runner shim: {fields['record_error']}", file=sys.stderr)
+        say(f"fusion-runner shim: {fields['record_error']}")
     if status_fd is not None:
         # The daemon may be gone (it detached): then nobody reads the pipe.
         with contextlib.suppress(OSError):
@@ -238,8 +245,9 @@ def end_as(status: int) -> None:
     So the daemon that is our parent learns the outcome even from the wait
     status alone.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a full disk: the status matters more
+            stream.flush()
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the simulation's core, not ours
@@ -281,7 +289,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         sim_pid = spawn(args.command)
     except OSError as error:
-        print(f"fusion-runner: cannot start {args.command[0]!r}: {error}", file=sys.stderr)
+        say(f"fusion-runner: cannot start {args.command[0]!r}: {error}")
         fields: dict[str, object] = {"exit_code": None, "signal": None, "spawn_error": str(error)}
         write_record(args.record, fields, args.status_fd)
         return exited_with(SPAWN_FAILED_EXIT)

@@ -65,8 +65,14 @@ def test_a_client_holding_the_write_lock_past_the_busy_timeout_ends_nothing(
         client.submit({"sim": {"until": str(gate), "after": json.dumps([last]), "exit": code}})
         : code for code in (0, 3)
     }
-    for run_id in runs:
+    # Reports its progress while the lock is held, and runs on after it.
+    going_id = client.submit({"sim": {"until": str(gate), "after": json.dumps([last]),
+                                      "sleep": "forever"}})
+    for run_id in [*runs, going_id]:
         started(client, run_id)
+    # Committed before the lock, its turn comes while the lock is held (the two
+    # runs above end then): it starts, reports progress and ends once it goes.
+    queued_id = client.submit({"sim": {"progress": json.dumps([last])}})
     errors_before = database_errors(daemon)
     with write_lock(daemon.database) as locked:
         # A run inserted inside the locked transaction appears when the lock goes.
@@ -85,6 +91,14 @@ def test_a_client_holding_the_write_lock_past_the_busy_timeout_ends_nothing(
         assert row["status"] == ("COMPLETED" if code == 0 else "FAILED")
         assert (row["current_erlang"], row["current_iteration"]) == (700.0, 5)
         assert row["pid"] is not None and row["started_at"] is not None
+    wait_until(lambda: (row := client.row(going_id)) is not None
+               and row["status"] == "RUNNING" and row["current_iteration"] == 5, 30,
+               "the progress written under the lock")
+    client.cancel(going_id)
+    assert client.wait_final(going_id)["status"] == "CANCELLED"
+    queued = client.wait_final(queued_id, timeout=30)
+    assert queued["status"] == "COMPLETED"
+    assert (queued["current_erlang"], queued["current_iteration"]) == (700.0, 5)
     assert client.wait_final(late_id, timeout=30)["status"] == "COMPLETED"
     assert_alive(daemon)
 

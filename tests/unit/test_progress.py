@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fusion_runner.core.progress import (
     MAX_LINE_BYTES,
     PROGRESS_COLUMNS,
+    READ_PER_POLL,
     Progress,
     ProgressReader,
     apply_line,
@@ -449,6 +450,30 @@ def test_a_long_line_read_in_one_poll_is_skipped_unheld(path: Path) -> None:
     append(path, lines({"iteration": 4}))  # reading goes on normally after it
     assert reader.poll() == {"current_iteration": 4}
     assert reader.offset == path.stat().st_size
+
+
+def test_an_endless_line_is_read_a_share_per_poll_and_the_line_after_it_applies(
+    path: Path,
+) -> None:
+    # A simulation that wrote 40 MiB without a newline must not hold the daemon's
+    # loop for the whole read: each poll reads its share and says more is left.
+    append(path, b"x" * (40 << 20) + b"\n" + lines({"iteration": 7}))
+    reader = ProgressReader(path)
+    polls = [reader.poll()]
+    while reader.behind:
+        assert polls[-1] == {}
+        polls.append(reader.poll())
+    assert len(polls) == -(-path.stat().st_size // READ_PER_POLL)
+    assert polls[-1] == {"current_iteration": 7}
+    assert reader.problems == 1
+    assert reader.offset == path.stat().st_size
+
+
+def test_a_poll_without_a_limit_reads_to_the_end(path: Path) -> None:
+    append(path, b"x" * (20 << 20) + b"\n" + lines({"iteration": 3}))
+    reader = ProgressReader(path)
+    assert reader.poll(limit=None) == {"current_iteration": 3}
+    assert not reader.behind
 
 
 def padded(size: int) -> bytes:

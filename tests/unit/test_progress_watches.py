@@ -144,3 +144,42 @@ def poke_until_woken(wakeups: Wakeups, folder: Path, name: str) -> list[Wakeup]:
         if woken := wakeups.wait(0.25):
             return woken + wakeups.wait(0.3)
     return []
+
+
+def test_a_change_while_another_file_had_used_up_the_shot_still_wakes(tmp_path: Path) -> None:
+    """The one shot goes to another file of the folder; the progress line written before
+    this thread reads that event and watches on raises no event of its own."""
+    watches, woken = make(tmp_path)
+    try:
+        append(tmp_path, "pids", "123\n")  # the simulation's own file: the shot is gone
+        append(tmp_path, "progress.jsonl", '{"iteration": 1}\n')  # unwatched
+        watches.on_readable()
+        assert woken == ["run-a"]
+
+        watches.arm("run-a")
+        append(tmp_path, "pids", "456\n")  # another file alone: no wake-up
+        watches.on_readable()
+        assert woken == ["run-a"]
+    finally:
+        watches.close()
+
+
+def test_a_file_written_before_the_watch_began_wakes_once(tmp_path: Path) -> None:
+    append(tmp_path, "progress.jsonl", '{"iteration": 1}\n')  # a quick simulation
+    watches, woken = make(tmp_path)
+    try:
+        assert woken == ["run-a"]
+        watches.on_readable()
+        assert woken == ["run-a"]
+    finally:
+        watches.close()
+
+
+def test_an_empty_file_there_before_the_watch_does_not_wake(tmp_path: Path) -> None:
+    (tmp_path / "progress.jsonl").touch()  # as the spawn leaves a log before the watch
+    watches, woken = make(tmp_path)
+    try:
+        watches.on_readable()
+        assert woken == []
+    finally:
+        watches.close()

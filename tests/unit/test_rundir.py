@@ -171,6 +171,18 @@ def test_prepare_leaves_no_temporary_file_when_the_write_fails(
     assert sorted(os.listdir(tmp_path / RUN_ID)) == ["logs", "output"]
 
 
+def test_prepare_removes_the_temporary_file_a_killed_daemon_left(tmp_path: Path) -> None:
+    # SIGKILLed between creating its temporary config.ini and the rename: no cleanup ran.
+    run_dir = tmp_path / RUN_ID
+    run_dir.mkdir()
+    (run_dir / ".config.ini.0a1b2c3d.tmp").write_text("[half")
+    (run_dir / ".config.ini.notmine.tmp").write_text("a user's")
+    paths = rundir.prepare(tmp_path, RUN_ID, '{"s": {"k": 1}}')
+    assert paths.config_file.read_text() == "[s]\nk = 1\n\n"
+    assert sorted(os.listdir(run_dir)) == [".config.ini.notmine.tmp", "config.ini", "logs",
+                                           "output"]
+
+
 @pytest.mark.parametrize(
     ("run_id", "config_json"),
     [
