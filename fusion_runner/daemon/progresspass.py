@@ -25,6 +25,8 @@ class ProgressPass(RunsState):
         sweep = now >= self._next_progress_sweep
         if sweep:
             self._next_progress_sweep = now + self.config.progress_poll_seconds
+        if self.live:
+            self._wake_by(self._next_progress_sweep)  # the loop passes only when woken
         for run in self.live.values():
             run.progress_unread |= sweep or run.id in self._progress_changed
             if not run.started:
@@ -44,6 +46,22 @@ class ProgressPass(RunsState):
             if run.progress_unwritten or run.progress.results_unwritten:
                 self._write_progress(run, now)
         self._progress_changed.clear()
+
+    def _progress_due(self, now: float) -> bool:
+        """Whether a run whose files changed may be read now; for the others, the time
+        their write budget allows it is the loop's next deadline."""
+        due = False
+        for run_id in self._progress_changed:
+            run = self.live.get(run_id)
+            if run is None or not run.started:
+                due = True  # the pass sorts it out
+                continue
+            ready = run.write_budget.ready_at(now, self.config.progress_interval_seconds)
+            if ready <= now:
+                due = True
+            else:
+                self._wake_by(ready)
+        return due
 
     def _poll_progress(self, run: LiveRun, now: float) -> None:
         if self.wakeups is not None:

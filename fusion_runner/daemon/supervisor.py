@@ -41,7 +41,7 @@ log = logging.getLogger("fusion_runner")
 SWITCH_INTERVAL_SECONDS = 0.0005
 # While runs are live, how often at most the loop looks for clients' commits
 # that no wake-up announced (one PRAGMA on SQLite).
-LIVE_POLL_SECONDS = 0.05
+LIVE_POLL_SECONDS = 0.1
 # How often at most systemd's STATUS= line is refreshed.
 STATUS_SECONDS = 1.0
 # How often at most one and the same failure of a pass is logged again.
@@ -112,10 +112,12 @@ class Supervisor(Lifecycle, StallPass):
     def _serve(self, wakeups: WakeupSource, database: DatabaseWatch) -> None:
         rechecks: list[float] = []
         watchdog_at = self.clock()
+        woken = True  # the first pass is due
         while not self._finished():
             now = self.clock()
             watchdog_at = self._ping_watchdog(now, watchdog_at)
-            self._guarded_pass(now, database)
+            if woken or self._due(now, rechecks) or not self._quiet_look(database):
+                self._guarded_pass(now, database)
             deadlines = [d for d in (self._next_deadline, *rechecks[:1], watchdog_at) if d]
             timeout = self.config.poll_interval_seconds
             if self.live and not database.exact:
@@ -124,7 +126,30 @@ class Supervisor(Lifecycle, StallPass):
                 timeout = min(timeout, LIVE_POLL_SECONDS)
             if deadlines:
                 timeout = min(timeout, max(min(deadlines) - self.clock(), 0.0))
-            rechecks = self._take(wakeups.wait(timeout), rechecks)
+            taken = wakeups.wait(timeout)
+            rechecks = self._take(taken, rechecks)
+            # A progress change of a run whose write must wait needs no pass before then.
+            woken = (any(wakeup.reason is not Reason.PROGRESS for wakeup in taken)
+                     or self._progress_due(self.clock()))
+
+    def _due(self, now: float, rechecks: list[float]) -> bool:
+        """Whether a deadline a pass set (a timer, a kill, a sweep) or a re-check has come."""
+        return any(at is not None and at <= now
+                   for at in (self._next_deadline, *rechecks[:1]))
+
+    def _quiet_look(self, database: DatabaseWatch) -> bool:
+        """After a wait that nothing woke and no deadline ended (the live poll): whether
+        one look finds no client's commit, so that no pass is needed. The look is one
+        PRAGMA; a pass costs some twenty times that, twenty times a second."""
+        if self._outage.ongoing or self._database_unsure:
+            return False
+        try:
+            if not database.changed_by_others():
+                return True
+        except DATABASE_ERRORS:
+            return False  # the pass meets it and says so
+        self._database_unsure = True  # what the look found is the pass's to notice
+        return False
 
     def _guarded_pass(self, now: float, database: DatabaseWatch) -> None:
         """One pass and the status line; the one place where a failure stops, and only

@@ -112,6 +112,7 @@ class FolderWatches:
         self._lock = threading.Lock()
         self._folders: dict[str, tuple[str, frozenset[str]]] = {}  # key -> folder, names
         self._key_of: dict[int, str] = {}  # armed watch descriptor -> key
+        self._wd_of: dict[str, int] = {}  # key -> its armed watch descriptor
         # key -> its files' states when its watch was last added
         self._seen: dict[str, tuple[FileState, ...]] = {}
         self._armed: dict[str, bool] = {}  # keys on the fallback observer
@@ -154,6 +155,7 @@ class FolderWatches:
             self._folders.pop(key, None)
             self._seen.pop(key, None)
             self._armed.pop(key, None)
+            self._wd_of.pop(key, None)
             for wd in [wd for wd, watched in self._key_of.items() if watched == key]:
                 del self._key_of[wd]
                 if self._inotify is not None:
@@ -163,6 +165,8 @@ class FolderWatches:
         with self._lock:
             if key in self._armed:
                 self._armed[key] = True
+            if key in self._wd_of:
+                return  # its one shot not fired yet: a change from now on still raises it
         # What changed before this add is read by the look that follows it.
         with contextlib.suppress(OSError):  # the folder is gone: so is the run
             self._add(key)
@@ -180,12 +184,17 @@ class FolderWatches:
         while events := self._inotify.read():
             for event in events:
                 if event.mask & inotify.IN_Q_OVERFLOW:
+                    with self._lock:  # which shots fired is lost: each arm adds again
+                        self._key_of.clear()
+                        self._wd_of.clear()
                     for key in list(self._folders):
                         self._notify(key)
                     continue
                 with self._lock:
                     # A one-shot watch fires once; `arm` adds it again.
                     key = self._key_of.pop(event.wd, "")
+                    if self._wd_of.get(key) == event.wd:
+                        del self._wd_of[key]
                     _folder, names = self._folders.get(key, ("", frozenset()))
                 if key and event.name in names:
                     self._notify(key)
@@ -217,6 +226,7 @@ class FolderWatches:
             # Adding a watch that exists already returns the same descriptor.
             wd = self._inotify.watch_folder(folder, inotify.FILE_CHANGES | inotify.IN_ONESHOT)
             self._key_of[wd] = key
+            self._wd_of[key] = wd
             # After the add: a change from here on raises an event or shows in the next add.
             states = tuple(_file_state(os.path.join(folder, name)) for name in sorted(names))
             before = self._seen.get(key, states)
