@@ -23,15 +23,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-
-def record_pid(pid: int) -> None:
-    with open(os.path.join(os.environ["FUSION_RUN_DIR"], "pids"), "a") as pids:
-        pids.write(f"{pid}\n")
-
-
-def sleep_forever() -> None:
-    while True:
-        time.sleep(3600)
+from sim import record_pid, sleep_forever  # this script's folder is first on sys.path
 
 
 def long_run(settings: Mapping[str, str]) -> int:
